@@ -205,3 +205,347 @@ def busybox_refs(registry, image_layout):
         "oci": registry.push(image_layout, imgs["oci-amd64"], "library/busybox", "oci"),
         "uncompressed": registry.push(image_layout, imgs["oci-uncompressed"], "library/busybox", "uncompressed"),
     }
+
+
+# ------------------------------------------------------------------ crate-image: token auth, faulty proxies
+# (added for crate-image's tests; nothing above changes)
+import base64 as _b64
+import http.server as _http_server
+import json as _json
+import socketserver as _socketserver
+import threading as _threading
+import urllib.parse as _urlparse
+import uuid as _uuid
+
+
+class _ThreadingServer(_socketserver.ThreadingMixIn, _http_server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class TokenServer:
+    """A Docker-Hub-like token service on 127.0.0.1 for a registry configured with `auth: token`.
+
+    GET /token (anonymous or Basic) and POST /token (OAuth2 password and refresh_token grants).
+    Repositories under private/ need a user; anonymous users get pull elsewhere. Every request is
+    recorded in .requests as (method, grant_type or None, user or None, scopes).
+    post_only=True answers GET with 405, as some realms do, to force the POST password grant.
+    """
+
+    SERVICE = "crate-test-registry"
+    ISSUER = "crate-test-issuer"
+
+    def __init__(self, workdir, users, refresh_tokens=None):
+        self.workdir = workdir
+        self.users = dict(users)
+        self.refresh_tokens = dict(refresh_tokens or {})
+        self.requests = []
+        self.post_only = False
+        self.key = os.path.join(workdir, "token-key.pem")
+        self.cert = os.path.join(workdir, "token-cert.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+                        "-out", self.cert, "-days", "30", "-subj", "/CN=crate test token issuer"],
+                       check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"], check=True,
+                             capture_output=True).stdout
+        self.x5c = _b64.b64encode(der).decode()
+        server = self
+
+        class Handler(_http_server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code, obj):
+                body = _json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                url = _urlparse.urlsplit(self.path)
+                query = _urlparse.parse_qs(url.query)
+                scopes = [s for v in query.get("scope", []) for s in v.split()]
+                user = None
+                header = self.headers.get("Authorization", "")
+                if header.lower().startswith("basic "):
+                    name, _, password = _b64.b64decode(header[6:]).decode().partition(":")
+                    if server.users.get(name) != password:
+                        server.requests.append(("GET", None, name, scopes))
+                        return self.reply(401, {"details": "incorrect username or password"})
+                    user = name
+                server.requests.append(("GET", None, user, scopes))
+                if server.post_only:
+                    return self.reply(405, {"details": "use POST"})
+                self.reply(200, server.issue(user, scopes))
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                form = _urlparse.parse_qs(self.rfile.read(length).decode())
+                get = lambda k: form.get(k, [None])[0]
+                scopes = [s for v in form.get("scope", []) for s in v.split()]
+                grant = get("grant_type")
+                if grant == "password":
+                    user = get("username")
+                    ok = server.users.get(user) == get("password")
+                elif grant == "refresh_token":
+                    user = server.refresh_tokens.get(get("refresh_token"))
+                    ok = user is not None
+                else:
+                    server.requests.append(("POST", grant, None, scopes))
+                    return self.reply(400, {"error": "unsupported_grant_type"})
+                server.requests.append(("POST", grant, user if ok else None, scopes))
+                if not ok:
+                    return self.reply(401, {"error": "invalid_grant"})
+                self.reply(200, dict(server.issue(user, scopes), refresh_token=_uuid.uuid4().hex))
+
+        self.httpd = _ThreadingServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+        self.thread = _threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _sign(self, claims):
+        def b64u(data):
+            return _b64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        signing_input = b64u(_json.dumps(header).encode()) + "." + b64u(_json.dumps(claims).encode())
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key], input=signing_input.encode(),
+                                   capture_output=True, check=True).stdout
+        return signing_input + "." + b64u(signature)
+
+    def issue(self, user, scopes):
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind != "repository":
+                continue
+            wanted = actions.split(",")
+            if user:
+                allowed = [a for a in wanted if a in ("pull", "push", "delete")]
+            elif name.startswith("private/"):
+                allowed = []
+            else:
+                allowed = [a for a in wanted if a == "pull"]
+            access.append({"type": "repository", "name": name, "actions": allowed})
+        now = int(time.time())
+        token = self._sign({"iss": self.ISSUER, "sub": user or "", "aud": self.SERVICE, "exp": now + 600,
+                            "nbf": now - 10, "iat": now, "jti": _uuid.uuid4().hex, "access": access})
+        return {"token": token, "access_token": token, "expires_in": 600}
+
+    def auth_yaml(self):
+        return (f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.SERVICE}\n"
+                f"    issuer: {self.ISSUER}\n    rootcertbundle: {self.cert}\n")
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    def __init__(self, token):
+        self.token = token
+
+    def __call__(self, r):
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
+class TokenRegistry(Registry):
+    """The distribution registry with `auth: token` against a TokenServer (user crate / crate-secret)."""
+
+    def __init__(self, workdir, token_server):
+        self.token_server = token_server
+        super().__init__(workdir, auth_yaml=token_server.auth_yaml(), user="crate", password="crate-secret")
+
+    def push(self, layout, desc, repository, tag):
+        scope = f"repository:{repository}:pull,push"
+        r = requests.get(self.token_server.realm, params={"service": TokenServer.SERVICE, "scope": scope},
+                         auth=(self.user, self.password))
+        r.raise_for_status()
+        oci_images.push(layout, desc, self.url, repository, tag, auth=_BearerAuth(r.json()["token"]))
+        return f"{self.host}/{repository}:{tag}"
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """The distribution registry behind Bearer token auth (a TokenServer; user crate, password
+    crate-secret; refresh token 'crate-refresh-token' for that user); .token_server has the log."""
+    if not shutil.which("openssl"):
+        unavailable("openssl is missing (apt-get install openssl)")
+    if not shutil.which("docker-registry"):
+        unavailable("Debian's docker-registry is not installed (apt-get install docker-registry)")
+    workdir = str(tmp_path_factory.mktemp("token-auth"))
+    server = TokenServer(workdir, {"crate": "crate-secret"}, {"crate-refresh-token": "crate"})
+    reg = TokenRegistry(workdir, server)
+    yield reg
+    reg.stop()
+    server.stop()
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of a registry that misbehaves on purpose, for one blob at a time.
+
+    mode: None (pass through), "drop" (send half of a blob body, then cut the connection, once per
+    blob), "corrupt" (flip a byte in every blob body), "flaky" (answer 503 then 429 to the first two
+    requests of every path), "redirect" (answer blob GETs with 307 to a storage server on another
+    port that records the headers it got in .storage_headers).
+    Every request is logged in .log as (method, path, Range header or None).
+    """
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.mode = None
+        self.log = []
+        self.dropped = set()
+        self.failures = {}
+        self.storage_headers = []
+        proxy = self
+
+        class Handler(_http_server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, method):
+                proxy.log.append((method, self.path, self.headers.get("Range")))
+                is_blob = "/blobs/sha256:" in self.path and method == "GET"
+                if proxy.mode == "flaky":
+                    n = proxy.failures.get(self.path, 0)
+                    if n < 2:
+                        proxy.failures[self.path] = n + 1
+                        code = 503 if n == 0 else 429
+                        self.send_response(code)
+                        if code == 429:
+                            self.send_header("Retry-After", "0")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                if proxy.mode == "redirect" and is_blob:
+                    self.send_response(307)
+                    self.send_header("Location", f"http://127.0.0.1:{proxy.storage_port}{self.path}?signed=1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                r = requests.request(method, proxy.upstream + self.path, headers=headers, data=body,
+                                     allow_redirects=False, stream=True)
+                data = r.raw.read(decode_content=False) if method != "HEAD" else b""
+                if is_blob and r.status_code in (200, 206) and proxy.mode == "corrupt" and data:
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                cut = is_blob and r.status_code == 200 and proxy.mode == "drop" and \
+                    self.path not in proxy.dropped and len(data) > 1024
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data) if method != "HEAD" else
+                                                       int(r.headers.get("Content-Length") or 0)))
+                self.end_headers()
+                if cut:
+                    proxy.dropped.add(self.path)
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if data:
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_HEAD(self):
+                self._forward("HEAD")
+
+            def do_POST(self):
+                self._forward("POST")
+
+            def do_PUT(self):
+                self._forward("PUT")
+
+        class Storage(_http_server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                proxy.storage_headers.append(dict(self.headers.items()))
+                path = self.path.split("?", 1)[0]
+                digest = path.rsplit("/", 1)[-1]
+                blob = os.path.join(proxy.blob_dir, *digest.split(":", 1)) if proxy.blob_dir else None
+                if not blob or not os.path.exists(blob):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                with open(blob, "rb") as f:
+                    data = f.read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.blob_dir = None  # an OCI layout's blobs/ dir the storage server serves from
+        self.httpd = _ThreadingServer(("127.0.0.1", 0), Handler)
+        self.storage = _ThreadingServer(("127.0.0.1", 0), Storage)
+        self.port = self.httpd.server_address[1]
+        self.storage_port = self.storage.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        for srv in (self.httpd, self.storage):
+            _threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        for srv in (self.httpd, self.storage):
+            srv.shutdown()
+            srv.server_close()
+
+
+@pytest.fixture
+def faulty_proxy(registry):
+    """A FaultyProxy in front of the anonymous registry; set .mode in the test."""
+    proxy = FaultyProxy(registry.url)
+    yield proxy
+    proxy.stop()
+
+
+class ImageCLI:
+    """Runs the installed crate-image with its own store root and isolated credential/config files."""
+
+    def __init__(self, tmp_path):
+        self.root = str(tmp_path / "store")
+        self.home = tmp_path / "home"
+        self.home.mkdir(exist_ok=True)
+        self.authfile = str(tmp_path / "auth.json")
+        self.registries_conf = str(tmp_path / "registries.toml")
+        self.env = dict(os.environ, CRATE_ROOT=self.root, REGISTRY_AUTH_FILE=self.authfile,
+                        DOCKER_CONFIG=str(self.home / ".docker"), CRATE_REGISTRIES_CONF=self.registries_conf,
+                        HOME=str(self.home))
+
+    def __call__(self, *args, check=True, input=None, env=None, timeout=300):
+        out = subprocess.run(["crate-image", *args], capture_output=True, text=True, input=input,
+                             env=dict(self.env, **(env or {})), timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"crate-image {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
+        return out
+
+
+@pytest.fixture
+def image_cli(tmp_path):
+    """crate-image with a fresh store under tmp_path (CRATE_ROOT) and no outside credentials."""
+    return ImageCLI(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def edge_case_ref(registry, image_layout, busybox_binary):
+    """The busybox + edge-case layers image (Docker v2s2, 5 layers) in the anonymous registry."""
+    desc = oci_images.build_edge_case_image(image_layout, busybox_binary)
+    return registry.push(image_layout, desc, "library/layers", "latest")

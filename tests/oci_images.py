@@ -254,3 +254,193 @@ def build_busybox_images(layout, busybox):
     out["oci-uncompressed"] = layout.tag(
         layout.image([amd64_tar], BUSYBOX_CONFIG, "amd64", compress=False), "busybox-oci-uncompressed")
     return out
+
+
+# ------------------------------------------------------------------ crate-image test images
+# (added for crate-image's tests; nothing above changes)
+import base64
+import hashlib as _hashlib
+import stat as _stat
+
+LONG_NAME = "data/long/" + "n" * 150 + ".txt"
+LONG_TARGET = "/data/" + "t" * 200
+ATTESTATION = "application/vnd.in-toto+json"
+
+
+def _special(t, name, kind, mode=0o644, uid=0, gid=0, major=0, minor=0, xattrs=None, data=b""):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, uid, gid, EPOCH
+    info.devmajor, info.devminor = major, minor
+    if xattrs:
+        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+    info.size = len(data)
+    t.tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+def edge_case_layers():
+    """Four layers to put on a busybox base: additions, removals (whiteouts, an opaque dir, type
+    changes), an empty layer and re-additions. Returns a list of tar bytes."""
+    t = TarBuilder()
+    t.dir("data")
+    t.file("data/keep.txt", "keep v1\n")
+    t.file("data/remove-me.txt", "remove me\n")
+    t.file("data/readd.txt", "readd v1\n")
+    t.dir("data/opaque")
+    t.file("data/opaque/a.txt", "a\n")
+    t.dir("data/opaque/sub")
+    t.file("data/opaque/sub/b.txt", "b\n")
+    t.dir("data/gone")
+    t.file("data/gone/x.txt", "x\n")
+    t.dir("data/gone/y")
+    t.file("data/gone/y/z.txt", "z\n")
+    t.file("data/hard-a.txt", "hardlinked content\n", mode=0o640)
+    t.hardlink("data/hard-b.txt", "data/hard-a.txt", mode=0o640)
+    t.dir("data/sub")
+    t.hardlink("data/sub/hard-c.txt", "data/hard-a.txt", mode=0o640)
+    t.symlink("data/sym-rel", "keep.txt")
+    t.symlink("data/sym-abs", "/data/keep.txt")
+    t.symlink("data/sym-dir", "opaque")
+    t.symlink("data/sym-dangling", "/nonexistent/target")
+    t.symlink("data/sym-escape", "../../../../etc/passwd")
+    t.symlink("data/sym-long", LONG_TARGET)
+    _special(t, "data/fifo", tarfile.FIFOTYPE, 0o640)
+    _special(t, "data/null", tarfile.CHRTYPE, 0o666, major=1, minor=3)
+    t.file("data/setuid", "#!/bin/sh\necho setuid\n", mode=0o4755)
+    t.file("data/setgid", "#!/bin/sh\necho setgid\n", mode=0o2755, gid=1000)
+    t.dir("data/setgid-dir", mode=0o2775, gid=1000)
+    t.dir("data/sticky", mode=0o1777)
+    t.file("data/private.txt", "secret\n", mode=0o600, uid=1000, gid=1000)
+    t.dir("data/owned", mode=0o750, uid=1000, gid=1000)
+    t.file("data/owned/file.txt", "owned by crate\n", uid=1000, gid=1000)
+    t.file("data/nobody.txt", "owned by 65534\n", uid=65534, gid=65534)
+    _special(t, "data/xattr.txt", tarfile.REGTYPE, xattrs={"user.crate.test": "hello"}, data=b"has xattrs\n")
+    t.dir("data/long")
+    t.file(LONG_NAME, "long name\n")
+    t.file("data/unicode-\u00e9\u00e8-\u2603.txt", "unicode\n")
+    t.file("data/space name.txt", "space\n")
+    t.file("data/file-to-dir", "was a file\n")
+    t.dir("data/dir-to-file")
+    t.file("data/dir-to-file/inner.txt", "inner\n")
+    t.file("data/empty", "")
+    t.file("data/exec.sh", "#!/bin/sh\necho exec-ok\n", mode=0o755)
+    t.file("etc/motd", "welcome to the layers image\n")
+    add = t.close()
+    t = TarBuilder()
+    t.dir("data")
+    t.file("data/dir-to-file", "now a file\n")
+    t.dir("data/file-to-dir")
+    t.file("data/file-to-dir/inside.txt", "inside\n")
+    t.whiteout("data/gone")
+    t.file("data/keep.txt", "keep v2\n")
+    t.dir("data/opaque")
+    t.opaque("data/opaque")
+    t.file("data/opaque/new.txt", "new\n")
+    t.whiteout("data/readd.txt")
+    t.whiteout("data/remove-me.txt")
+    t.dir("etc")
+    t.whiteout("etc/hostname")
+    remove = t.close()
+    empty = b"\0" * 1024
+    t = TarBuilder()
+    t.dir("data")
+    t.dir("data/gone")
+    t.file("data/gone/back.txt", "back\n")
+    t.file("data/readd.txt", "readd v2\n")
+    readd = t.close()
+    return [add, remove, empty, readd]
+
+
+def build_edge_case_image(layout, busybox, kind="docker"):
+    """busybox + edge_case_layers() as one image; returns its manifest descriptor."""
+    config = {"Env": [PATH_ENV, "CRATE_LAYERS=1"], "Cmd": ["/bin/sh"], "WorkingDir": "/data"}
+    return layout.image([busybox_rootfs_tar(busybox)] + edge_case_layers(), config, kind=kind)
+
+
+CONFIG_IMAGE_CONFIG = {"User": "crate", "Env": [PATH_ENV, "FOO=bar", "EMPTY="],
+                       "Entrypoint": ["/bin/echo", "entrypoint:"], "Cmd": ["default", "cmd"],
+                       "WorkingDir": "/home/crate", "Labels": {"org.example.test": "crate"},
+                       "ExposedPorts": {"8080/tcp": {}}, "StopSignal": "SIGQUIT"}
+
+
+def build_config_image(layout, busybox):
+    """busybox with Entrypoint, Cmd, a named User, WorkingDir, Env, Labels and StopSignal."""
+    return layout.image([busybox_rootfs_tar(busybox)], CONFIG_IMAGE_CONFIG)
+
+
+def attestation_index(layout, platform_descs):
+    """An OCI index with the given manifests plus a buildx-style attestation manifest."""
+    entries = []
+    for desc in platform_descs:
+        desc = {k: v for k, v in desc.items() if k != "annotations"}
+        if "platform" not in desc:
+            manifest = json.loads(layout.read_blob(desc["digest"]))
+            config = json.loads(layout.read_blob(manifest["config"]["digest"]))
+            desc["platform"] = {k: config[k] for k in ("architecture", "os", "variant") if k in config}
+        entries.append(desc)
+    platform_descs = entries
+    statement = layout.put(b'{"_type":"https://in-toto.io/Statement/v0.1","subject":[]}', ATTESTATION)
+    config = layout.put_json({"architecture": "unknown", "os": "unknown", "config": {},
+                              "rootfs": {"type": "layers", "diff_ids": [statement["digest"]]}}, OCI_CONFIG)
+    manifest = layout.put_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config,
+                                "layers": [statement]}, OCI_MANIFEST)
+    manifest["platform"] = {"architecture": "unknown", "os": "unknown"}
+    manifest["annotations"] = {"vnd.docker.reference.type": "attestation-manifest",
+                               "vnd.docker.reference.digest": (platform_descs or [manifest])[0]["digest"]}
+    return layout.index_of(list(platform_descs) + [manifest])
+
+
+def zstd_image(layout, busybox):
+    """busybox with a tar+zstd layer (needs the zstandard package)."""
+    import zstandard
+    tar = busybox_rootfs_tar(busybox, marker="zstd")
+    blob = layout.put(zstandard.ZstdCompressor(level=3).compress(tar), "application/vnd.oci.image.layer.v1.tar+zstd")
+    image_config = {"created": CREATED, "architecture": "amd64", "os": "linux", "config": BUSYBOX_CONFIG,
+                    "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}}
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": layout.put_json(image_config, OCI_CONFIG), "layers": [blob]}
+    return layout.put_json(manifest, OCI_MANIFEST)
+
+
+def raw_layer_image(layout, tars, config=None):
+    """An OCI image from raw tar bytes (e.g. hostile layers), gzip-compressed."""
+    return layout.image(list(tars), config or BUSYBOX_CONFIG, kind="oci")
+
+
+def list_tree(root):
+    """One line per path below root: 'path type mode uid:gid detail [link=first-path] [xattrs=...]',
+    sorted; detail is size:sha256-prefix for files, the target for symlinks, major,minor for devices."""
+    out, inodes = [], {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            mode = st.st_mode
+            if _stat.S_ISDIR(mode):
+                kind, detail = "d", ""
+            elif _stat.S_ISLNK(mode):
+                kind, detail = "l", "-> " + os.readlink(full)
+            elif _stat.S_ISREG(mode):
+                with open(full, "rb") as f:
+                    digest = _hashlib.sha256(f.read()).hexdigest()[:12]
+                kind, detail = "f", f"{st.st_size}:{digest}"
+                if st.st_nlink > 1:
+                    detail += " link=" + inodes.setdefault((st.st_dev, st.st_ino), rel)
+            elif _stat.S_ISFIFO(mode):
+                kind, detail = "p", ""
+            elif _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode):
+                kind = "c" if _stat.S_ISCHR(mode) else "b"
+                detail = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
+            else:
+                kind, detail = "?", ""
+            xattrs = ""
+            try:
+                names = sorted(n for n in os.listxattr(full, follow_symlinks=False) if not n.startswith("trusted.overlay"))
+            except OSError:
+                names = []
+            if names:
+                xattrs = " xattrs=" + ",".join(
+                    f"{n}={base64.b64encode(os.getxattr(full, n, follow_symlinks=False)).decode()}" for n in names)
+            out.append(f"{rel} {kind} {_stat.S_IMODE(mode):04o} {st.st_uid}:{st.st_gid} {detail}{xattrs}")
+    return out

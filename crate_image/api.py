@@ -1,0 +1,286 @@
+"""The Python API the front end (`crate`) calls; the CLI is a thin layer over it.
+
+    from crate_image import api
+    image = api.pull("busybox")                          # -> api.Image (stored, layers extracted)
+    b = api.make_bundle("busybox", "/run/c1/bundle")     # config.json + rootfs for crate-runc
+    ...                                                  # crate-runc run --bundle b.path c1
+    api.remove_bundle(b.path)
+
+Every function takes `root=` (the store root; default $CRATE_ROOT, /var/lib/crate as root,
+~/.local/share/crate otherwise) and raises crate_image.errors.ImageError (str: "problem; fix").
+Run as a non-root user, work that writes image files happens in a user namespace mapping the
+caller's subordinate ids (crate_image.rootless), so call these from a single-threaded process.
+"""
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from crate_image import bundle as bundles
+from crate_image import layer as layers
+from crate_image import platform as platforms
+from crate_image import rootless
+from crate_image.config import load_registries
+from crate_image.errors import ImageError, NotFound
+from crate_image.progress import Progress
+from crate_image.pull import Image, check_config, ensure_layers
+from crate_image.pull import pull as _pull
+from crate_image.registry import Client
+from crate_image.store import Store, remove_tree
+
+__all__ = ["Image", "Bundle", "pull", "image", "images", "inspect", "remove", "prune", "unpack",
+           "make_bundle", "remove_bundle", "login", "logout"]
+
+
+@dataclass
+class Bundle:
+    path: str          # the bundle directory (config.json, rootfs/)
+    rootfs: str        # path/rootfs
+    mode: str          # "overlay" (a mount of the image's layers) or "copy" (a flattened tree)
+    rootless: bool
+    config: dict       # the runtime config.json written
+    image: str         # the manifest digest it was made from
+
+
+def _store(root):
+    return Store(root)
+
+
+def _platform(value):
+    if value is None or isinstance(value, platforms.Platform):
+        return value
+    return platforms.parse(value)
+
+
+def pull(reference, *, root=None, platform=None, progress=None, authfile=None, credentials=None,
+         registries_conf=None, client=None):
+    """Pull `reference` (docker grammar) for `platform` ("os/arch[/variant]", default the host).
+
+    progress: a crate_image.progress.Progress (default silent). credentials: {registry: Credentials}
+    overriding the auth files. Returns an Image whose layer_dirs are ready as overlay lower dirs."""
+    store = _store(root)
+    wanted = _platform(platform)
+
+    def work():
+        c = client or Client(load_registries(registries_conf), authfile=authfile, credentials=credentials)
+        return _pull(reference, store, c, wanted, progress or Progress())
+    return rootless.maybe(work)
+
+
+def image(reference, *, root=None, extract=True):
+    """A stored image by name, digest or id prefix; extracts missing layers when `extract`."""
+    store = _store(root)
+    name, desc = store.lookup(reference)
+    manifest = store.read_json(desc["digest"])
+    if "manifests" in manifest:
+        raise ImageError(f"{reference} names an index in the store, not an image",
+                         "pull it with crate-image pull to choose a platform")
+    config = store.read_json(manifest["config"]["digest"])
+    dirs = [store.layer_dir(d) for d in check_config(config, manifest, reference)]
+    if extract and not all(os.path.isdir(d) for d in dirs):
+        def work():
+            with store.gc_lock():
+                return ensure_layers(store.ensure(), manifest, config)
+        dirs = rootless.maybe(work)
+    source = (desc.get("annotations") or {}).get("io.crate.image.source.digest") or desc["digest"]
+    return Image(name or desc["digest"], desc["digest"], desc.get("mediaType") or manifest.get("mediaType"),
+                 manifest["config"]["digest"], config, manifest, dirs, source)
+
+
+def images(*, root=None):
+    """[{name, digest, id, created, size, platform}] for every ref in the store."""
+    store = _store(root)
+    out = []
+    for name, desc in store.refs():
+        entry = {"name": name, "digest": desc["digest"], "id": None, "created": None, "size": None,
+                 "platform": None}
+        with contextlib.suppress(ImageError, OSError, ValueError, KeyError):
+            manifest = store.read_json(desc["digest"])
+            config = store.read_json(manifest["config"]["digest"])
+            entry.update(id=manifest["config"]["digest"], created=config.get("created"),
+                         size=sum(d.get("size", 0) for d in manifest.get("layers", [])),
+                         platform="/".join(x for x in (config.get("os"), config.get("architecture"),
+                                                       config.get("variant")) if x))
+        out.append(entry)
+    return out
+
+
+def inspect(reference, *, root=None):
+    """What `docker image inspect` / `skopeo inspect` tell, from the store."""
+    img = image(reference, root=root, extract=False)
+    cfg = img.config.get("config") or {}
+    return {
+        "Name": img.name, "Digest": img.digest, "RepoDigest": img.source_digest, "Id": img.config_digest,
+        "MediaType": img.media_type,
+        "Created": img.config.get("created"), "Author": img.config.get("author"),
+        "Os": img.config.get("os"), "Architecture": img.config.get("architecture"),
+        "Variant": img.config.get("variant"),
+        "Size": sum(d.get("size", 0) for d in img.manifest.get("layers", [])),
+        "Layers": [d["digest"] for d in img.manifest.get("layers", [])],
+        "LayerMediaTypes": [d.get("mediaType") for d in img.manifest.get("layers", [])],
+        "DiffIds": (img.config.get("rootfs") or {}).get("diff_ids", []),
+        "Config": cfg, "Labels": cfg.get("Labels") or {}, "Env": cfg.get("Env") or [],
+        "History": img.config.get("history") or [],
+    }
+
+
+def remove(reference, *, root=None):
+    """Remove a ref (docker rmi / untag); blobs go with the next prune. Returns the ref name."""
+    store = _store(root)
+    name, desc = store.lookup(reference)
+    if name is None:
+        raise ImageError(f"{reference} has no name in the store", "remove it by name")
+    store.remove_ref(name)
+    return name
+
+
+def prune(*, root=None):
+    """Remove blobs and extracted layers that no ref or live bundle reaches."""
+    store = _store(root)
+    if not store.exists():
+        return {"blobs": 0, "layers": 0, "bytes": 0}
+    blobs, layer_count, freed = rootless.maybe(store.prune, remove_tree)
+    return {"blobs": blobs, "layers": layer_count, "bytes": freed}
+
+
+def _new_dir(path, what):
+    path = os.path.abspath(path)
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or os.path.islink(path) or os.listdir(path):
+            raise ImageError(f"{what} {path} already exists and is not an empty directory",
+                             "choose a new path or remove it first")
+        return path, False
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ImageError(f"the parent of {what} {path} does not exist", f"create {parent} first")
+    return path, True
+
+
+def _flatten(store, img, target):
+    """Apply every layer of img (from its stored blobs) into the directory target."""
+    with layers.Extractor(target, mode="flat", overlay_ns=rootless.overlay_xattr_ns()) as ex:
+        for desc, diff_id in zip(img.manifest["layers"], check_config(img.config, img.manifest, img.name)):
+            if not store.has_blob(desc["digest"]):
+                raise NotFound(f"layer {desc['digest']} is missing from the store", f"pull {img.name} again")
+            stream = layers.LayerStream(layers.file_chunks(store.blob_path(desc["digest"])))
+            ex.extract(stream)
+            stream.drain()
+            layers.verify(stream, desc["digest"], diff_id, f"layer {desc['digest']}")
+        ex.finish()
+
+
+def unpack(reference, target, *, root=None):
+    """A flattened copy of the image's filesystem in `target` (new or empty), as umoci unpack's rootfs."""
+    store = _store(root)
+    img = image(reference, root=root, extract=False)
+    target, created = _new_dir(target, "target")
+
+    def work():
+        with store.gc_lock():
+            if created:
+                os.mkdir(target, 0o755)
+            try:
+                _flatten(store, img, target)
+            except BaseException:
+                if created:
+                    remove_tree(target)
+                else:
+                    for entry in os.listdir(target):
+                        remove_tree(os.path.join(target, entry))
+                raise
+        return target
+    return rootless.maybe(work)
+
+
+def _record_path(store, bundle_path):
+    return os.path.join(store.bundles, hashlib.sha256(bundle_path.encode()).hexdigest()[:32] + ".json")
+
+
+def make_bundle(reference, bundle_dir, *, root=None, rootless_=None, rootfs="auto", args=None, entrypoint=None,
+                env=None, user=None, workdir=None, hostname="crate", terminal=False, network_namespace=None):
+    """Make an OCI bundle (config.json + rootfs) for crate-runc from a stored image.
+
+    rootless_: None = rootless when not root. rootfs: "overlay" (mount of the layers; root only),
+    "copy" (flattened tree) or "auto" (overlay as root, copy otherwise). args/entrypoint/env/user/
+    workdir override the image's Cmd/Entrypoint/Env/User/WorkingDir as docker run does."""
+    store = _store(root)
+    is_rootless = (not rootless.is_real_root()) if rootless_ is None else bool(rootless_)
+    if rootfs not in ("auto", "overlay", "copy"):
+        raise ImageError(f"unknown rootfs kind {rootfs!r}", "use overlay, copy or auto")
+    mode = ("overlay" if rootless.is_real_root() else "copy") if rootfs == "auto" else rootfs
+    if mode == "overlay" and not rootless.is_real_root():
+        raise ImageError("an overlay rootfs outside a user namespace needs root",
+                         "make a flattened bundle (--copy), or mount image.layer_dirs inside your namespace")
+    img = image(reference, root=root, extract=(mode == "overlay"))
+    path, created = _new_dir(bundle_dir, "bundle directory")
+    rootfs_dir = os.path.join(path, "rootfs")
+
+    def work():
+        with store.gc_lock():
+            if created:
+                os.mkdir(path, 0o711)
+            mounted = False
+            try:
+                os.mkdir(rootfs_dir, 0o755)
+                record = {"bundle": path, "image": img.digest, "name": img.name, "rootfs": mode,
+                          "diff_ids": (img.config.get("rootfs") or {}).get("diff_ids", [])}
+                store.ensure()
+                with open(_record_path(store, path), "w", encoding="utf-8") as f:
+                    json.dump(record, f)
+                if mode == "overlay":
+                    upper, work_dir = os.path.join(path, "overlay", "upper"), os.path.join(path, "overlay", "work")
+                    os.makedirs(upper, 0o755)
+                    os.makedirs(work_dir, 0o700)
+                    bundles.mount_overlay(img.layer_dirs, upper, work_dir, rootfs_dir)
+                    mounted = True
+                else:
+                    _flatten(store, img, rootfs_dir)
+                config = bundles.runtime_config(img.config, rootfs_dir, rootless=is_rootless, args=args,
+                                                entrypoint=entrypoint, env=env, user=user, workdir=workdir,
+                                                hostname=hostname, terminal=terminal,
+                                                network_namespace=network_namespace)
+                with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+                    json.dump(config, f, indent=2)
+                return config
+            except BaseException:
+                if mounted:
+                    bundles.unmount(rootfs_dir)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(_record_path(store, path))
+                if created:
+                    remove_tree(path)
+                else:
+                    for entry in os.listdir(path):
+                        remove_tree(os.path.join(path, entry))
+                raise
+    config = rootless.maybe(work) if mode == "copy" else work()
+    return Bundle(path, rootfs_dir, mode, is_rootless, config, img.digest)
+
+
+def remove_bundle(bundle_dir, *, root=None):
+    """Unmount (if overlay) and delete a bundle made by make_bundle."""
+    store = _store(root)
+    path = os.path.abspath(bundle_dir)
+    if not os.path.isdir(path):
+        raise ImageError(f"no bundle at {path}", "give the directory make_bundle created")
+    rootfs_dir = os.path.join(path, "rootfs")
+    if bundles.is_mountpoint(rootfs_dir):
+        bundles.unmount(rootfs_dir)
+    rootless.maybe(remove_tree, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_record_path(store, path))
+
+
+def login(registry, username, password, *, authfile=None, registries_conf=None):
+    """Check the credentials against the registry, then store them; returns the file written."""
+    from crate_image import auth
+    client = Client(load_registries(registries_conf), authfile=authfile,
+                    credentials={registry: auth.Credentials(username, password)})
+    client.ping(registry)
+    return auth.store(registry, username, password, authfile)
+
+
+def logout(registry, *, authfile=None):
+    from crate_image import auth
+    return auth.remove(registry, authfile)
