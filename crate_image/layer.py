@@ -222,8 +222,9 @@ def _openat2(dirfd, path, flags):
     return fd
 
 
-def _walk_open(rootfd, parts, flags, depth=0):
-    """openat2 fallback: open a path inside rootfd, following symlinks as if rootfd were '/'."""
+def _walk_open(rootfd, parts, flags, depth=0, create_dirs=False):
+    """openat2 fallback: open a path inside rootfd, following symlinks as if rootfd were '/'.
+    create_dirs: make missing directories on the way (where symlinks lead, inside the root)."""
     if depth > 40:
         raise OSError(errno.ELOOP, "too many symlinks")
     stack = []  # fds of the directories walked so far (for '..')
@@ -243,12 +244,16 @@ def _walk_open(rootfd, parts, flags, depth=0):
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
-                if last:
+                if create_dirs:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                elif last:
                     nfd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                     os.close(fd)
                     fd = nfd
                     break
-                raise
+                else:
+                    raise
             if stat.S_ISLNK(st.st_mode) and (not last or not flags & os.O_NOFOLLOW):
                 target = os.readlink(name, dir_fd=fd)
                 if target.startswith("/"):
@@ -397,31 +402,25 @@ class Extractor:
         return fd
 
     def _mkdirs(self, relpath):
-        """Create missing parents (0755 root-owned, as tar does) inside the root."""
-        done = ""
-        for part in relpath.split("/"):
-            parent = open_in_root(self.rootfd, done, os.O_RDONLY | os.O_DIRECTORY)
-            try:
+        """Create missing parents (0755, as tar does) inside the root. Symlinks on the way are
+        followed inside the root (their targets are created there), as umoci and docker do."""
+        try:
+            os.close(_walk_open(self.rootfd, relpath.split("/"), os.O_RDONLY | os.O_DIRECTORY, create_dirs=True))
+        except NotADirectoryError:
+            # a regular file where a parent should be: a directory replaces it, as tar does
+            done = ""
+            for part in relpath.split("/"):
+                parent = open_in_root(self.rootfd, done, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     st = os.stat(part, dir_fd=parent, follow_symlinks=False)
-                    if stat.S_ISLNK(st.st_mode):
-                        # a symlinked parent: resolve it inside the root; make its target if missing
-                        try:
-                            os.close(open_in_root(self.rootfd, f"{done}/{part}".lstrip("/"),
-                                                  os.O_RDONLY | os.O_DIRECTORY))
-                        except FileNotFoundError:
-                            os.unlink(part, dir_fd=parent)
-                            os.mkdir(part, 0o755, dir_fd=parent)
-                    elif not stat.S_ISDIR(st.st_mode):
+                    if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
                         os.unlink(part, dir_fd=parent)
                         os.mkdir(part, 0o755, dir_fd=parent)
                 except FileNotFoundError:
                     os.mkdir(part, 0o755, dir_fd=parent)
-                    if self.mode == "flat":
-                        self.created.add(f"{done}/{part}".lstrip("/"))
-            finally:
-                os.close(parent)
-            done = f"{done}/{part}".lstrip("/")
+                finally:
+                    os.close(parent)
+                done = f"{done}/{part}".lstrip("/")
 
     def _owner(self, member):
         return (member.uid, member.gid) if self.map_ownership else (-1, -1)

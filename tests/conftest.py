@@ -415,6 +415,15 @@ class FaultyProxy:
             def _forward(self, method):
                 proxy.log.append((method, self.path, self.headers.get("Range")))
                 is_blob = "/blobs/sha256:" in self.path and method == "GET"
+                if proxy.require_basic:
+                    header = self.headers.get("Authorization", "")
+                    proxy.authorizations.append(header)
+                    if header != "Basic " + _b64.b64encode(proxy.require_basic.encode()).decode():
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="faulty-proxy"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 if proxy.mode == "flaky":
                     n = proxy.failures.get(self.path, 0)
                     if n < 2:
@@ -495,6 +504,8 @@ class FaultyProxy:
                 self.wfile.write(data)
 
         self.blob_dir = None  # an OCI layout's blobs/ dir the storage server serves from
+        self.require_basic = None  # "user:password" to demand Basic auth on every request
+        self.authorizations = []
         self.httpd = _ThreadingServer(("127.0.0.1", 0), Handler)
         self.storage = _ThreadingServer(("127.0.0.1", 0), Storage)
         self.port = self.httpd.server_address[1]
