@@ -1,0 +1,317 @@
+"""Container lifecycle: create, start, run, kill, delete, and the state of one container.
+
+The parent side of every command lives here; spawn.py forks the init and init.py is the
+container side. Every failure raises Error with one line; a failed create leaves no state
+directory, cgroup, mount or process behind.
+"""
+import os
+import time
+
+from crate_runc import Error, SPEC_VERSION, hooks, log, namespaces, signals, spawn, spec, state
+from crate_runc.state import Container
+
+
+class Launch:
+    """What the container init needs, prepared by the parent before it forks."""
+
+    def __init__(self, container_id, bundle, config, rootfs, plan, cgroup, fifo_fd, console_sock,
+                 preserve_fds=0, no_pivot=False, no_new_keyring=False):
+        self.id = container_id
+        self.bundle = bundle
+        self.config = config
+        self.rootfs = rootfs
+        self.plan = plan
+        self.cgroup = cgroup
+        self.fifo_fd = fifo_fd
+        self.console_sock = console_sock
+        self.preserve_fds = preserve_fds
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+
+    def hook_state(self, status, pid):
+        return {"ociVersion": SPEC_VERSION, "id": self.id, "status": status, "pid": pid,
+                "bundle": self.bundle, "annotations": self.config.get("annotations", {})}
+
+
+def resolve_rootless(value):
+    if value in (None, "auto"):
+        return os.geteuid() != 0
+    if value in ("true", "false"):
+        return value == "true"
+    raise Error(f"invalid --rootless value {value!r}: use true, false or auto")
+
+
+def _cgroups():
+    from crate_runc import cgroups
+    return cgroups
+
+
+def cgroup_of(container):
+    saved = container.data.get("cgroup")
+    return _cgroups().Manager.from_state(saved) if saved else None
+
+
+def _rootfs_of(config, bundle):
+    rootfs = config["root"]["path"]
+    rootfs = os.path.normpath(os.path.join(bundle, rootfs))
+    if not os.path.isdir(rootfs):
+        raise Error(f"root.path {config['root']['path']!r} is not a directory ({rootfs}); "
+                    "put the container's root filesystem there")
+    return rootfs
+
+
+def write_pid_file(path, pid):
+    """The host pid as decimal with no newline, written atomically (runc's format)."""
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def create(root, container_id, bundle, pid_file=None, console_socket=None, console_sock=None,
+           preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None):
+    """Create a container whose init waits on exec.fifo -> the Container."""
+    state.check_id(container_id)
+    bundle = os.path.abspath(bundle or ".")
+    config = spec.load(bundle)
+    rootfs = _rootfs_of(config, bundle)
+    rootless = resolve_rootless(rootless)
+    plan = namespaces.Plan(config, rootless)
+    if console_socket and not config["process"].get("terminal"):
+        log.debug("--console-socket given for a process without a terminal: ignored")
+    container = Container.new(root, container_id)
+    cgroup = fifo_fd = None
+    try:
+        linux_cfg = config.get("linux", {})
+        cgroup = _cgroups().manager_for(linux_cfg, container_id, rootless)
+        if cgroup is not None:
+            cgroup.create()
+            cgroup.set_resources(linux_cfg.get("resources", {}))
+        os.mkfifo(container.fifo, 0o622)
+        if os.geteuid() == 0:
+            # the container's root (maybe an unprivileged host uid in a user namespace) opens it
+            os.chown(container.fifo, plan.host_id(0, plan.uid_mappings) or 0,
+                     plan.host_id(0, plan.gid_mappings) or 0)
+        fifo_fd = os.open(container.fifo, os.O_PATH | os.O_CLOEXEC)
+        if console_socket and config["process"].get("terminal"):
+            from crate_runc import console
+            console_sock = console.connect(console_socket)
+        launch = Launch(container_id, bundle, config, rootfs, plan, cgroup, fifo_fd, console_sock,
+                        preserve_fds, no_pivot, no_new_keyring)
+
+        def prestart_hooks(pid):
+            hook_state = launch.hook_state("creating", pid)
+            hooks.run(config, "prestart", hook_state)
+            hooks.run(config, "createRuntime", hook_state)
+
+        init_pid = spawn.start_init(launch, prestart_hooks)
+        container.data = {
+            "id": container_id, "pid": init_pid, "start_time": state.process_start_time(init_pid),
+            "bundle": bundle, "rootfs": rootfs, "created": log.timestamp(),
+            "owner": "" if os.geteuid() == 0 else str(os.geteuid()),
+            "annotations": config.get("annotations", {}), "rootless": rootless,
+            "cgroup": cgroup.to_state() if cgroup is not None else None,
+            "pid_namespace": plan.has("pid"),
+        }
+        spec.save_copy(config, os.path.join(container.dir, state.CONFIG_COPY))
+        container.save()
+        if pid_file:
+            write_pid_file(pid_file, init_pid)
+    except BaseException:
+        if cgroup is not None:
+            try:
+                cgroup.destroy()
+            except Exception as e:  # the create error is the one to report
+                log.warning(f"removing the cgroup of {container_id}: {e}")
+        container.remove()
+        raise
+    finally:
+        if fifo_fd is not None:
+            os.close(fifo_fd)
+        if console_sock is not None:
+            console_sock.close()
+    return container
+
+
+def load_config(container):
+    try:
+        return spec.fastjson.load_file(os.path.join(container.dir, state.CONFIG_COPY))
+    except (OSError, ValueError):
+        return {}
+
+
+def start(root, container_id):
+    container = Container.load(root, container_id)
+    with container:
+        status = container.status(cgroup_of(container))
+        if status == "stopped":
+            raise Error(f"cannot start container {container_id!r}: it has stopped; delete it and create it again")
+        if status != "created":
+            raise Error(f"cannot start container {container_id!r}: it is already {status}")
+        release(container)
+    config = load_config(container)
+    hook_state = {"ociVersion": SPEC_VERSION, "id": container_id, "status": "running", "pid": container.pid,
+                  "bundle": container.data["bundle"], "annotations": config.get("annotations", {})}
+    for index, hook in enumerate(config.get("hooks", {}).get("poststart", [])):
+        try:
+            hooks.run_one(hook, spec.fastjson.dumps(hook_state), "poststart", index)
+        except Error as e:  # runtime-spec: a failed poststart hook is a warning
+            log.warning(str(e))
+    return container
+
+
+def release(container):
+    """Open exec.fifo for reading: the init, blocked opening it for writing, writes a byte and
+    goes on to exec. Non-blocking, so a dead init cannot hang us."""
+    import select
+    fd = os.open(container.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        while not select.select([fd], [], [], 0.05)[0]:
+            if not container.init_alive():
+                raise Error(f"container {container.id!r}: its init exited before it could start")
+        if os.read(fd, 1) != b"0":
+            raise Error(f"container {container.id!r}: its init exited before it could start")
+    finally:
+        os.close(fd)
+    os.unlink(container.fifo)
+
+
+def oci_state(root, container_id):
+    container = Container.load(root, container_id)
+    return container.oci_state(container.status(cgroup_of(container)))
+
+
+def kill(root, container_id, signal_number, all_processes=False):
+    container = Container.load(root, container_id)
+    cgroup = cgroup_of(container)
+    status = container.status(cgroup)
+    if status == "stopped":
+        raise Error(f"cannot kill container {container_id!r}: container not running")
+    targets = [container.pid]
+    if all_processes and cgroup is not None:
+        targets = cgroup.pids() or targets
+    for pid in targets:
+        try:
+            os.kill(pid, signal_number)
+        except ProcessLookupError:
+            pass
+    if status == "paused" and signal_number == signals.SIGKILL:
+        cgroup.thaw()  # frozen tasks die only once thawed
+
+
+def wait_gone(container, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while container.init_alive():
+        if time.monotonic() > deadline:
+            raise Error(f"container {container.id!r}: pid {container.pid} did not die after SIGKILL")
+        time.sleep(0.005)
+
+
+def delete(root, container_id, force=False):
+    try:
+        container = Container.load(root, container_id)
+    except Error:
+        leftover = os.path.join(root, container_id)
+        if force and os.path.isdir(leftover):
+            import shutil  # an aborted create may leave a directory without state.json
+            shutil.rmtree(leftover, ignore_errors=True)
+        if force:
+            return
+        raise
+    with container:
+        cgroup = cgroup_of(container)
+        status = container.status(cgroup)
+        if status in ("running", "paused") and not force:
+            raise Error(f"cannot delete container {container_id!r} that is not stopped: {status}; "
+                        "stop it first or use --force")
+        if status != "stopped":
+            kill(root, container_id, signals.SIGKILL, all_processes=True)
+            wait_gone(container)
+        destroy(container, cgroup)
+
+
+def destroy(container, cgroup):
+    """Remove a stopped container: leftover processes, cgroup, poststop hooks, state directory."""
+    if cgroup is not None:
+        if not container.data.get("pid_namespace"):
+            # without its own pid namespace nothing killed the init's children with it
+            for pid in cgroup.pids():
+                try:
+                    os.kill(pid, signals.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        cgroup.destroy()
+    config = load_config(container)
+    hook_state = {"ociVersion": SPEC_VERSION, "id": container.id, "status": "stopped", "pid": container.pid,
+                  "bundle": container.data.get("bundle", ""), "annotations": config.get("annotations", {})}
+    for index, hook in enumerate(config.get("hooks", {}).get("poststop", [])):
+        try:
+            hooks.run_one(hook, spec.fastjson.dumps(hook_state), "poststop", index)
+        except Error as e:  # runtime-spec: a failed poststop hook is a warning
+            log.warning(str(e))
+    container.remove()
+
+
+def list_states(root):
+    out = []
+    for container_id in state.list_ids(root):
+        try:
+            container = Container.load(root, container_id)
+            out.append(container.oci_state(container.status(cgroup_of(container))))
+        except Error:
+            continue  # removed while we looked
+    return out
+
+
+FORWARDED_SIGNALS = [n for n in range(1, 65) if n not in (9, 17, 19, 32, 33)]  # not KILL CHLD STOP, glibc's
+
+
+def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=False, keep=False,
+        preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None):
+    """create + start; in the foreground also forward signals, relay a tty, wait, delete, and
+    return the container's exit status (128+N when killed by signal N)."""
+    bundle = bundle or "."
+    terminal = spec.load(bundle)["process"].get("terminal", False)
+    own_console = terminal and not console_socket
+    if own_console and detach:
+        raise Error("cannot allocate a tty for a detached container without --console-socket; "
+                    "pass --console-socket or set process.terminal to false")
+    console_end = init_end = None
+    if own_console:
+        import socket
+        console_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    container = create(root, container_id, bundle, pid_file, console_socket, init_end, preserve_fds,
+                       no_pivot, no_new_keyring, rootless)
+    try:
+        start(root, container_id)
+    except BaseException:
+        delete(root, container_id, force=True)
+        raise
+    if detach:
+        return 0
+    import _signal
+    pid = container.pid
+
+    def forward(number, frame):
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+    for number in FORWARDED_SIGNALS:
+        if not (own_console and number == signals.SIGWINCH):
+            try:
+                _signal.signal(number, forward)
+            except (OSError, ValueError):
+                pass
+    if own_console:
+        from crate_runc import console
+        master = console.receive_fd(console_end)
+        console_end.close()
+        status = console.relay(master, pid)
+    else:
+        status = os.waitpid(pid, 0)[1]
+    if not keep:
+        delete(root, container_id, force=True)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
