@@ -215,6 +215,7 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless_=None, rootfs="aut
     img = image(reference, root=root, extract=(mode == "overlay"))
     path, created = _new_dir(bundle_dir, "bundle directory")
     rootfs_dir = os.path.join(path, "rootfs")
+    mappings = rootless.id_maps() if is_rootless else None  # of the caller, not of the helper namespace
 
     def work():
         with store.gc_lock():
@@ -239,7 +240,7 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless_=None, rootfs="aut
                 config = bundles.runtime_config(img.config, rootfs_dir, rootless=is_rootless, args=args,
                                                 entrypoint=entrypoint, env=env, user=user, workdir=workdir,
                                                 hostname=hostname, terminal=terminal,
-                                                network_namespace=network_namespace)
+                                                network_namespace=network_namespace, mappings=mappings)
                 with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
                     json.dump(config, f, indent=2)
                 return config

@@ -105,8 +105,10 @@ def resolve_user(user, rootfs):
 
 # ------------------------------------------------------------------ config.json
 def runtime_config(image_config, rootfs=None, rootless=False, args=None, entrypoint=None, env=None,
-                   user=None, workdir=None, hostname="crate", terminal=False, network_namespace=None):
-    """The runtime config.json for an image config (a dict with os, architecture, config, ...)."""
+                   user=None, workdir=None, hostname="crate", terminal=False, network_namespace=None,
+                   mappings=None):
+    """The runtime config.json for an image config (a dict with os, architecture, config, ...).
+    mappings: (uid maps, gid maps) for the rootless variant; default rootless.id_maps() of the caller."""
     cfg = image_config.get("config") or {}
     ep = list(cfg.get("Entrypoint") or []) if entrypoint is None else list(entrypoint)
     cmd = list(cfg.get("Cmd") or []) if args is None else list(args)
@@ -128,7 +130,9 @@ def runtime_config(image_config, rootfs=None, rootless=False, args=None, entrypo
     if terminal and "TERM" not in keys:
         environment.append("TERM=xterm")
     process_user = {"uid": uid, "gid": gid}
-    if additional:
+    # runc (and runtimes like it) refuse supplementary groups when started by a non-root user:
+    # the rootless variant leaves them out rather than fail
+    if additional and not rootless:
         process_user["additionalGids"] = additional
     if network_namespace is None:
         network_namespace = not rootless
@@ -139,7 +143,7 @@ def runtime_config(image_config, rootfs=None, rootless=False, args=None, entrypo
         namespaces.append({"type": "user"})
     linux = {"namespaces": namespaces, "maskedPaths": list(MASKED), "readonlyPaths": list(READONLY)}
     if rootless:
-        uids, gids = id_maps()
+        uids, gids = mappings or id_maps()
         linux["uidMappings"] = [m.as_spec() for m in uids]
         linux["gidMappings"] = [m.as_spec() for m in gids]
     else:

@@ -162,8 +162,9 @@ def cmd_bundle(args, root):
     entrypoint = None
     if args["--entrypoint"] is not None:
         entrypoint = [args["--entrypoint"]] if args["--entrypoint"] else []
+    command = args["ARG"][1:] if args["ARG"][:1] == ["--"] else args["ARG"]  # docopt keeps the "--"
     b = api.make_bundle(_image(args), args["DIR"], root=root, rootless_=True if args["--rootless"] else None,
-                        rootfs=mode, args=args["ARG"] or None, entrypoint=entrypoint, env=args["--env"] or None,
+                        rootfs=mode, args=command or None, entrypoint=entrypoint, env=args["--env"] or None,
                         user=args["--user"], workdir=args["--workdir"], hostname=args["--hostname"] or "crate",
                         terminal=args["--tty"])
     print(b.path)

@@ -25,6 +25,7 @@ import tarfile
 import zlib
 
 from crate_image.errors import DigestMismatch, ImageError, UnsafeLayer
+from crate_image.rootless import is_real_root
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -359,7 +360,7 @@ class Extractor:
         self.root = root
         self.mode = mode
         self.overlay_ns = overlay_ns
-        self.real_root = os.geteuid() == 0 if real_root is None else real_root
+        self.real_root = is_real_root() if real_root is None else real_root
         self.map_ownership = map_ownership  # False: keep everything owned by us (no id mapping)
         self.rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._parent = (None, None)   # cache of the last parent dir: (relpath, fd)

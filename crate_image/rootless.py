@@ -21,6 +21,15 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNS = 0x00020000
 
 
+def unshare(flags):
+    """os.unshare arrived in Python 3.12; libc's works everywhere."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 @dataclass(frozen=True)
 class IdMap:
     container_id: int
@@ -110,7 +119,7 @@ def run(fn, *args, mount_ns=False, **kwargs):
             os.close(ready_r)
             os.close(go_w)
             os.close(result_r)
-            os.unshare(CLONE_NEWUSER | (CLONE_NEWNS if mount_ns else 0))
+            unshare(CLONE_NEWUSER | (CLONE_NEWNS if mount_ns else 0))
             os.write(ready_w, b"1")
             if os.read(go_r, 1) != b"1":
                 os._exit(1)
@@ -136,7 +145,8 @@ def run(fn, *args, mount_ns=False, **kwargs):
     os.close(result_w)
     try:
         if os.read(ready_r, 1) != b"1":
-            raise ImageError("could not create a user namespace", "enable unprivileged user namespaces")
+            raise ImageError("could not create a user namespace",
+                             "enable unprivileged user namespaces (sysctl user.max_user_namespaces)")
         try:
             _write_maps(pid, uids, gids)
         except BaseException:
