@@ -70,11 +70,11 @@ def write_pid_file(path, pid):
 
 
 def create(root, container_id, bundle, pid_file=None, console_socket=None, console_sock=None,
-           preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None):
+           preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None, config=None):
     """Create a container whose init waits on exec.fifo -> the Container."""
     state.check_id(container_id)
     bundle = os.path.abspath(bundle or ".")
-    config = spec.load(bundle)
+    config = config or spec.load(bundle)
     rootfs = _rootfs_of(config, bundle)
     rootless = resolve_rootless(rootless)
     plan = namespaces.Plan(config, rootless)
@@ -267,12 +267,31 @@ def list_states(root):
 FORWARDED_SIGNALS = [n for n in range(1, 65) if n not in (9, 17, 19, 32, 33)]  # not KILL CHLD STOP, glibc's
 
 
+def forward_signals(pid, except_winch):
+    """Pass every signal we receive on to the container's init (SIGWINCH resizes our own pty)."""
+    import _signal
+
+    def forward(number, frame):
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+    for number in FORWARDED_SIGNALS:
+        if not (except_winch and number == signals.SIGWINCH):
+            try:
+                _signal.signal(number, forward)
+            except (OSError, ValueError):
+                pass
+
+
 def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=False, keep=False,
         preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None):
     """create + start; in the foreground also forward signals, relay a tty, wait, delete, and
     return the container's exit status (128+N when killed by signal N)."""
-    bundle = bundle or "."
-    terminal = spec.load(bundle)["process"].get("terminal", False)
+    state.check_id(container_id)
+    config = spec.load(bundle or ".")
+    terminal = config["process"].get("terminal", False)
     own_console = terminal and not console_socket
     if own_console and detach:
         raise Error("cannot allocate a tty for a detached container without --console-socket; "
@@ -282,7 +301,9 @@ def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=F
         import socket
         console_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     container = create(root, container_id, bundle, pid_file, console_socket, init_end, preserve_fds,
-                       no_pivot, no_new_keyring, rootless)
+                       no_pivot, no_new_keyring, rootless, config)
+    if not detach:
+        forward_signals(container.pid, except_winch=own_console)
     try:
         start(root, container_id)
     except BaseException:
@@ -290,21 +311,7 @@ def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=F
         raise
     if detach:
         return 0
-    import _signal
     pid = container.pid
-
-    def forward(number, frame):
-        try:
-            os.kill(pid, number)
-        except ProcessLookupError:
-            pass
-
-    for number in FORWARDED_SIGNALS:
-        if not (own_console and number == signals.SIGWINCH):
-            try:
-                _signal.signal(number, forward)
-            except (OSError, ValueError):
-                pass
     if own_console:
         from crate_runc import console
         master = console.receive_fd(console_end)

@@ -210,11 +210,17 @@ class RootfsBuilder:
             return self._tmpfs_copyup(source, dest, flags, data)
         try:
             linux.mount(source, dest, kind, flags & ~linux.MS_REMOUNT, data or None)
-        except PermissionError:
-            # in a user namespace without a new network or ipc namespace the kernel refuses sysfs
-            # and mqueue: bind the host's instance instead, as runc does for rootless containers
+        except OSError as e:
+            if kind == "devpts" and e.errno == 22 and self.in_userns and "gid=" in data:
+                # gid=5 (tty) is not mapped in a rootless user namespace and the kernel refuses
+                # it: mount without it (crun does the same)
+                data = ",".join(o for o in data.split(",") if not o.startswith("gid="))
+                linux.mount(source, dest, kind, flags & ~linux.MS_REMOUNT, data or None)
+                return
+            # in a user namespace without its own network or ipc namespace the kernel refuses
+            # sysfs and mqueue: bind the host's instance instead, as runc does when rootless
             fallback = {"sysfs": "/sys", "mqueue": "/dev/mqueue"}.get(kind)
-            if not (self.in_userns and fallback and os.path.isdir(fallback)):
+            if not (e.errno == 1 and self.in_userns and fallback and os.path.isdir(fallback)):
                 raise
             linux.mount(fallback, dest, "bind", linux.MS_BIND | linux.MS_REC)
             if flags:
