@@ -560,3 +560,45 @@ def edge_case_ref(registry, image_layout, busybox_binary):
     """The busybox + edge-case layers image (Docker v2s2, 5 layers) in the anonymous registry."""
     desc = oci_images.build_edge_case_image(image_layout, busybox_binary)
     return registry.push(image_layout, desc, "library/layers", "latest")
+
+
+# ------------------------------------------------------------------ runtime
+@pytest.fixture(scope="session")
+def shared_tmp():
+    """A world-traversable scratch directory (pytest's tmp dirs are private to root, and the
+    rootless tests run as the unprivileged test user); removed at the end."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="crate-tests-")
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["rm", "-rf", "--one-file-system", path], check=False)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(shared_tmp, busybox_binary):
+    """A busybox root filesystem (root-owned, world-readable) shared read-only by test bundles."""
+    import runtime_helpers
+    return runtime_helpers.extract_busybox_rootfs(busybox_binary, os.path.join(shared_tmp, "rootfs"))
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    """crate-runc as root with a private --root and --log."""
+    import runtime_helpers
+    return runtime_helpers.Runtime(str(tmp_path / "state"), log=str(tmp_path / "runtime.log"))
+
+
+@pytest.fixture
+def user_runtime(shared_tmp, request):
+    """crate-runc run as the unprivileged test user, with a private --root it owns."""
+    import runtime_helpers
+    if userns_problem():
+        unavailable(userns_problem())
+    if is_root():
+        entry = pwd.getpwnam(TEST_USER)
+        root = os.path.join(shared_tmp, f"user-{request.node.name[:60]}")
+        os.makedirs(root, exist_ok=True)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        return runtime_helpers.Runtime(root, user=TEST_USER)
+    import tempfile
+    return runtime_helpers.Runtime(tempfile.mkdtemp(dir=shared_tmp))
