@@ -89,6 +89,7 @@ def create(root, container_id, bundle, pid_file=None, console_socket=None, conso
             cgroup.create()
             cgroup.set_resources(linux_cfg.get("resources", {}))
         os.mkfifo(container.fifo, 0o622)
+        os.chmod(container.fifo, 0o622)  # not the umask's: a non-root container user opens it
         if os.geteuid() == 0:
             # the container's root (maybe an unprivileged host uid in a user namespace) opens it
             os.chown(container.fifo, plan.host_id(0, plan.uid_mappings) or 0,

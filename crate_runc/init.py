@@ -40,7 +40,8 @@ def run(launch, sync):
     try:
         path, argv, env = setup(launch, sync)
     except BaseException as e:  # noqa: B902 - every failure must reach the parent as one line
-        sync.send_error(e)
+        if not sync.send_error(e):  # after `ready` the parent is gone: the container's stderr
+            os.write(2, f"crate-runc: {e}\n".encode(errors="replace"))
         os._exit(1)
     for number in IGNORED_BY_PYTHON + EXIT_SIGNALS:
         _signal.signal(number, _signal.SIG_DFL)

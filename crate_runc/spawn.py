@@ -35,14 +35,16 @@ class Sync:
         os.write(self.up_w, line.replace("\n", " ").encode("utf-8", "replace") + b"\n")
 
     def send_error(self, exc):
+        """Report a failure to the parent -> False when the parent no longer listens."""
         if isinstance(exc, OSError) and exc.strerror:
             message = exc.strerror + (f": {exc.filename}" if exc.filename else "")
         else:
             message = str(exc) or type(exc).__name__
         try:
             self.send("error " + message)
+            return True
         except OSError:
-            pass
+            return False
 
     def wait(self, expected):
         got = os.read(self.down_r, 1)
@@ -52,6 +54,7 @@ class Sync:
     def close(self):
         os.close(self.up_w)
         os.close(self.down_r)
+        self.up_w = self.down_r = -1
 
     # parent side
     def as_parent(self):
