@@ -15,23 +15,29 @@ NUMBERS = {name: i for i, name in enumerate(NAMES)}
 SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 
-def mask(names, unknown):
-    """Bit mask of known capability names; the others are collected in `unknown` (runc ignores them)."""
+def mask(names, unavailable):
+    """Bit mask of capability names. A name no kernel knows is an error (the runtime-spec: a value
+    that cannot be mapped to a kernel interface); one newer than this kernel is collected in
+    `unavailable` and left out, as runc does."""
     bits = 0
     for name in names or ():
         number = NUMBERS.get(name)
-        if number is None or number > linux.last_cap():
-            unknown.add(name)
+        if number is None:
+            from crate_runc import Error
+            raise Error(f"unknown capability {name!r} in process.capabilities; names look like CAP_NET_RAW")
+        if number > linux.last_cap():
+            unavailable.add(name)
         else:
             bits |= 1 << number
     return bits
 
 
 def masks(capabilities):
-    """{set name: mask} for a process.capabilities object; names this kernel lacks are dropped."""
-    unknown = set()
-    result = {s: mask((capabilities or {}).get(s), unknown) for s in SETS}
-    return result, unknown
+    """({set name: mask}, names this kernel lacks) for a process.capabilities object; no object
+    means no capabilities at all (runc)."""
+    unavailable = set()
+    result = {s: mask((capabilities or {}).get(s), unavailable) for s in SETS}
+    return result, unavailable
 
 
 def drop_bounding(keep):

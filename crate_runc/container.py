@@ -78,7 +78,11 @@ def create(root, container_id, bundle, pid_file=None, console_socket=None, conso
     rootfs = _rootfs_of(config, bundle)
     rootless = resolve_rootless(rootless)
     plan = namespaces.Plan(config, rootless)
-    if console_socket and not config["process"].get("terminal"):
+    if no_pivot and config.get("linux", {}).get("rootfsPropagation") in ("private", "rprivate"):
+        raise Error("rootfsPropagation [r]private is not safe without pivot_root: drop --no-pivot or "
+                    "choose another propagation")
+    terminal = (config.get("process") or {}).get("terminal", False)
+    if console_socket and not terminal:
         log.debug("--console-socket given for a process without a terminal: ignored")
     container = Container.new(root, container_id)
     cgroup = fifo_fd = None
@@ -95,7 +99,7 @@ def create(root, container_id, bundle, pid_file=None, console_socket=None, conso
             os.chown(container.fifo, plan.host_id(0, plan.uid_mappings) or 0,
                      plan.host_id(0, plan.gid_mappings) or 0)
         fifo_fd = os.open(container.fifo, os.O_PATH | os.O_CLOEXEC)
-        if console_socket and config["process"].get("terminal"):
+        if console_socket and terminal:
             from crate_runc import console
             console_sock = console.connect(console_socket)
         launch = Launch(container_id, bundle, config, rootfs, plan, cgroup, fifo_fd, console_sock,
@@ -106,7 +110,11 @@ def create(root, container_id, bundle, pid_file=None, console_socket=None, conso
             hooks.run(config, "prestart", hook_state)
             hooks.run(config, "createRuntime", hook_state)
 
-        init_pid = spawn.start_init(launch, prestart_hooks)
+        def seccomp_listener(pid, fd):
+            from crate_runc import seccomp
+            seccomp.send_to_listener(config["linux"]["seccomp"], fd, pid, launch.hook_state("creating", pid))
+
+        init_pid = spawn.start_init(launch, prestart_hooks, seccomp_listener)
         container.data = {
             "id": container_id, "pid": init_pid, "start_time": state.process_start_time(init_pid),
             "bundle": bundle, "rootfs": rootfs, "created": log.timestamp(),
@@ -150,8 +158,11 @@ def start(root, container_id):
             raise Error(f"cannot start container {container_id!r}: it has stopped; delete it and create it again")
         if status != "created":
             raise Error(f"cannot start container {container_id!r}: it is already {status}")
+        config = load_config(container)
+        if not config.get("process"):
+            raise Error(f"cannot start container {container_id!r}: its config.json has no process; "
+                        "delete it and create it from a config with a process")
         release(container)
-    config = load_config(container)
     hook_state = {"ociVersion": SPEC_VERSION, "id": container_id, "status": "running", "pid": container.pid,
                   "bundle": container.data["bundle"], "annotations": config.get("annotations", {})}
     for index, hook in enumerate(config.get("hooks", {}).get("poststart", [])):
@@ -163,8 +174,9 @@ def start(root, container_id):
 
 
 def release(container):
-    """Open exec.fifo for reading: the init, blocked opening it for writing, writes a byte and
-    goes on to exec. Non-blocking, so a dead init cannot hang us."""
+    """Let the init exec: it blocks opening exec.fifo for writing until we open it for reading,
+    writes one byte, and holds the fifo open until its execve closes it. Non-blocking reads with
+    a liveness check, so a dead init cannot hang us."""
     import select
     fd = os.open(container.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -173,9 +185,15 @@ def release(container):
                 raise Error(f"container {container.id!r}: its init exited before it could start")
         if os.read(fd, 1) != b"0":
             raise Error(f"container {container.id!r}: its init exited before it could start")
+        os.unlink(container.fifo)
+        while True:
+            if select.select([fd], [], [], 0.05)[0]:
+                if not os.read(fd, 1):
+                    break  # EOF: the init's execve closed its end
+            elif not container.init_alive():
+                break  # died after the handshake (e.g. a failing startContainer hook)
     finally:
         os.close(fd)
-    os.unlink(container.fifo)
 
 
 def oci_state(root, container_id):
@@ -187,18 +205,30 @@ def kill(root, container_id, signal_number, all_processes=False):
     container = Container.load(root, container_id)
     cgroup = cgroup_of(container)
     status = container.status(cgroup)
-    if status == "stopped":
+    if status == "stopped" and not all_processes:
         raise Error(f"cannot kill container {container_id!r}: container not running")
-    targets = [container.pid]
     if all_processes and cgroup is not None:
-        targets = cgroup.pids() or targets
-    for pid in targets:
+        # freeze while signalling so nothing forks past us (runc's way); stay paused if we were,
+        # unless the signal is SIGKILL, which frozen tasks only act on once thawed
+        cgroup.freeze()
+        try:
+            _signal_each(cgroup.pids(), signal_number)
+        finally:
+            if status != "paused" or signal_number == signals.SIGKILL:
+                cgroup.thaw()
+        return
+    if status != "stopped":
+        _signal_each([container.pid], signal_number)
+    if status == "paused" and signal_number == signals.SIGKILL:
+        cgroup.thaw()
+
+
+def _signal_each(pids, signal_number):
+    for pid in pids:
         try:
             os.kill(pid, signal_number)
         except ProcessLookupError:
             pass
-    if status == "paused" and signal_number == signals.SIGKILL:
-        cgroup.thaw()  # frozen tasks die only once thawed
 
 
 def wait_gone(container, timeout=10.0):
@@ -237,11 +267,7 @@ def destroy(container, cgroup):
     if cgroup is not None:
         if not container.data.get("pid_namespace"):
             # without its own pid namespace nothing killed the init's children with it
-            for pid in cgroup.pids():
-                try:
-                    os.kill(pid, signals.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _signal_each(cgroup.pids(), signals.SIGKILL)
         cgroup.destroy()
     config = load_config(container)
     hook_state = {"ociVersion": SPEC_VERSION, "id": container.id, "status": "stopped", "pid": container.pid,
@@ -292,7 +318,7 @@ def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=F
     return the container's exit status (128+N when killed by signal N)."""
     state.check_id(container_id)
     config = spec.load(bundle or ".")
-    terminal = config["process"].get("terminal", False)
+    terminal = (config.get("process") or {}).get("terminal", False)
     own_console = terminal and not console_socket
     if own_console and detach:
         raise Error("cannot allocate a tty for a detached container without --console-socket; "

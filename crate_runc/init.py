@@ -54,7 +54,7 @@ def run(launch, sync):
 
 def setup(launch, sync):
     config = launch.config
-    process = config["process"]
+    process = config.get("process") or {}
     plan = launch.plan
     in_userns = plan.has("user")
     for number in EXIT_SIGNALS:
@@ -77,6 +77,13 @@ def setup(launch, sync):
             raise Error("process.terminal is true but there is no console socket to send the pty to; "
                         "pass --console-socket or set process.terminal to false")
         import socket  # noqa: F401 - console.send_fd needs it after pivot_root
+    # exec.fifo is reopened through our fd directory in the host's /proc, kept open across the
+    # pivot: the container may have no /proc of its own (joined namespaces may hide ours: then
+    # the container's /proc after the pivot, as runc does)
+    try:
+        fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        fd_dir = None
     if plan.has("mount"):
         builder = mounts.RootfsBuilder(config, launch.rootfs, launch.bundle, in_userns, plan.has("cgroup"))
         builder.prepare()
@@ -113,8 +120,16 @@ def setup(launch, sync):
             f.write(str(process["oomScoreAdj"]))
     if process.get("noNewPrivileges"):
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp_filter is not None and not process.get("noNewPrivileges"):
-        seccomp_filter.load()  # without no_new_privs this needs CAP_SYS_ADMIN: load before dropping it
+    if seccomp_filter is not None and (not process.get("noNewPrivileges") or seccomp_filter.notify):
+        # without no_new_privs loading needs CAP_SYS_ADMIN, so before dropping it; a filter with a
+        # notify listener is loaded while the parent is still here to hand its fd to the agent
+        load_seccomp(seccomp_filter, sync)
+        seccomp_filter = None
+    if not process:  # created without a process (allowed): hold the namespaces until deleted
+        sync.send("ready")
+        sync.close()
+        wait_for_start(launch.fifo_fd, fd_dir)
+        os._exit(0)
     set_rlimits(process.get("rlimits", []))
     env = environment(process.get("env", []))
     uid, gid = set_identity(process, plan, launch, env)
@@ -122,12 +137,20 @@ def setup(launch, sync):
     linux.cloexec_from(3 + launch.preserve_fds)
     sync.send("ready")
     sync.close()
-    wait_for_start(launch.fifo_fd)
+    wait_for_start(launch.fifo_fd, fd_dir)
     if hook_config.get("startContainer"):
         hooks.run(config, "startContainer", launch.hook_state("created", os.getpid()))
-    if seccomp_filter is not None and process.get("noNewPrivileges"):
+    if seccomp_filter is not None:
         seccomp_filter.load()  # as late as possible: the filter then governs only the container process
     return path, process["args"], env
+
+
+def load_seccomp(seccomp_filter, sync):
+    listener = seccomp_filter.load()
+    if listener is not None:
+        sync.send(f"seccomp {listener}")  # the parent copies the fd with pidfd_getfd
+        sync.wait(b"s")
+        os.close(listener)
 
 
 def set_names(config, plan):
@@ -195,8 +218,7 @@ def set_identity(process, plan, launch, env):
     sets, unknown = capabilities.masks(process.get("capabilities"))
     if unknown:
         log.warning("ignoring unknown or unavailable capabilities: " + ", ".join(sorted(unknown)))
-    if process.get("capabilities") is not None:
-        capabilities.drop_bounding(sets["bounding"])
+    capabilities.drop_bounding(sets["bounding"])  # no capabilities object means none (runc)
     os.umask(user.get("umask", 0o022))
     cwd = process["cwd"]
     chdir_later = False
@@ -213,8 +235,7 @@ def set_identity(process, plan, launch, env):
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     linux.prctl(linux.PR_SET_KEEPCAPS, 0)
-    if process.get("capabilities") is not None:
-        capabilities.apply(sets)
+    capabilities.apply(sets)
     if chdir_later:
         try:
             os.chdir(cwd)
@@ -258,6 +279,8 @@ def find_executable(name, search_path):
         except OSError:
             continue
         if not os.path.isdir(candidate) and st.st_mode & 0o111:
+            if not os.access(candidate, os.X_OK):  # as the container user, now that we are it
+                raise Error(f"exec {candidate!r}: permission denied for uid {os.getuid()}")
             return candidate
     if "/" in name:
         raise Error(f"exec {name!r}: no such executable in the container; check process.args[0]")
@@ -265,9 +288,16 @@ def find_executable(name, search_path):
                 "check process.args[0] and process.env")
 
 
-def wait_for_start(fifo_fd):
-    """Block until `crate-runc start` opens exec.fifo for reading, then tell it we are going."""
-    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+def wait_for_start(fifo_fd, fd_dir):
+    """Block until `crate-runc start` opens exec.fifo for reading, then tell it we are going.
+
+    The write end stays open (close-on-exec): `start` reads until EOF, which comes when execve
+    succeeds (or we die), so its poststart hooks run after the program started, as the
+    runtime-spec asks."""
+    if fd_dir is None:
+        fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    else:
+        fd = os.open(str(fifo_fd), os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd_dir)
+        os.close(fd_dir)
     os.write(fd, b"0")
-    os.close(fd)
     os.close(fifo_fd)

@@ -10,10 +10,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _MACHINE = os.uname().machine
 # syscall numbers differ per architecture: x86_64 has its own table, arm64/riscv use the generic one
 _NR = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250, "close_range": 436, "pidfd_open": 434,
-               "pidfd_send_signal": 424},
-    "generic": {"pivot_root": 41, "keyctl": 219, "close_range": 436, "pidfd_open": 434,
-                "pidfd_send_signal": 424},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "close_range": 436, "pidfd_open": 434, "pidfd_getfd": 438},
+    "generic": {"pivot_root": 41, "keyctl": 219, "close_range": 436, "pidfd_open": 434, "pidfd_getfd": 438},
 }["x86_64" if _MACHINE == "x86_64" else "generic"]
 
 # clone/unshare/setns flags
@@ -144,8 +142,13 @@ def cloexec_from(first_fd):
                 pass
 
 
-def pidfd_open(pid):
-    return _check(_libc.syscall(_NR["pidfd_open"], pid, 0), "pidfd_open", str(pid))
+def pidfd_getfd(pid, target_fd):
+    """A copy of process `pid`'s fd `target_fd` (needs ptrace rights over it; kernel 5.6+)."""
+    pidfd = _check(_libc.syscall(_NR["pidfd_open"], pid, 0), "pidfd_open", str(pid))
+    try:
+        return _check(_libc.syscall(_NR["pidfd_getfd"], pidfd, target_fd, 0), "pidfd_getfd", str(target_fd))
+    finally:
+        os.close(pidfd)
 
 
 class _CapHeader(ctypes.Structure):

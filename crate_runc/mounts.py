@@ -136,6 +136,8 @@ class RootfsBuilder:
 
     def prepare(self):
         linux_cfg = self.config.get("linux", {})
+        # our view of the host's mounts: slave by default so nothing we mount leaks back, unless
+        # the config asks for another propagation
         propagation = PROPAGATION.get(linux_cfg.get("rootfsPropagation", ""), linux.MS_SLAVE | linux.MS_REC)
         linux.mount(None, "/", None, propagation)
         self._make_parent_private()
@@ -206,6 +208,8 @@ class RootfsBuilder:
         _mkdirs(dest)
         if kind == "proc" and os.path.islink(dest):
             raise Error(f"refusing to mount proc on symlink {m['destination']}")
+        if kind == "tmpfs":
+            flags &= ~linux.MS_RDONLY  # made read-only after the pivot: later mounts may nest in it
         if "tmpcopyup" in extensions:
             return self._tmpfs_copyup(source, dest, flags, data)
         try:
@@ -379,11 +383,19 @@ def pivot(rootfs, has_mount_ns, no_pivot):
 
 
 def finalize(config, in_userns):
-    """After the pivot: read-only /dev and root, masked and read-only paths."""
-    for m in config.get("mounts", []):
-        if m["destination"].rstrip("/") == "/dev" and "ro" in m.get("options", []):
-            remount("/dev", linux.MS_BIND | linux.MS_RDONLY, in_userns)
+    """After the pivot: root propagation, read-only tmpfs mounts and /dev, masked and read-only
+    paths, read-only root."""
     linux_cfg = config.get("linux", {})
+    propagation = PROPAGATION.get(linux_cfg.get("rootfsPropagation", ""), 0)
+    if propagation and not propagation & linux.MS_PRIVATE:
+        # applied to the new root, now that it is "/": doing it before the pivot would make
+        # the bind mount of the rootfs propagate to the host (runc 1.2 does the same)
+        linux.mount(None, "/", None, propagation)
+    for m in config.get("mounts", []):
+        if "ro" in m.get("options", []) and (m.get("type") == "tmpfs" or m["destination"].rstrip("/") == "/dev"):
+            path = secure_join("/", m["destination"])
+            flags = parse_options(m["options"])[0] & ~(linux.MS_BIND | linux.MS_REC | linux.MS_REMOUNT)
+            remount(path, flags | linux.MS_RDONLY, in_userns)
     for path in linux_cfg.get("readonlyPaths", []):
         try:
             linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)

@@ -11,8 +11,9 @@ this because Go is multithreaded). The parent is a child subreaper, so the init 
 child once stage 1 exits: `run` can wait for it and a failed create can reap it.
 
 Stage 1 and the init talk to the parent over two pipes with one-line messages:
-    up   (children -> parent): "userns", "pid N", "hooks", "ready", "error MSG"
-    down (parent -> children): b"m" (id maps written), b"h" (hooks ran)
+    up   (children -> parent): "userns", "pid N", "hooks", "ready", "error MSG",
+           "seccomp FD" (the init's seccomp notify fd number)
+    down (parent -> children): b"m" (id maps written), b"h" (hooks ran), b"s" (listener fd sent)
 """
 import os
 import sys
@@ -79,11 +80,12 @@ class Sync:
         os.close(self.down_w)
 
 
-def start_init(launch, on_hooks):
+def start_init(launch, on_hooks, on_seccomp_listener):
     """Fork the container init and drive it until it is ready -> its host pid.
 
-    `on_hooks(pid)` runs the prestart and createRuntime hooks when the init asks for them. On
-    any failure the init is killed and reaped before the Error propagates.
+    `on_hooks(pid)` runs the prestart and createRuntime hooks when the init asks for them, and
+    `on_seccomp_listener(pid, fd)` gets the seccomp notify fd (copied from the init). On any
+    failure the init is killed and reaped before the Error propagates.
     """
     sync = Sync()
     sys.stdout.flush()
@@ -113,6 +115,13 @@ def start_init(launch, on_hooks):
             elif kind == "hooks":
                 on_hooks(init_pid)
                 sync.reply(b"h")
+            elif kind == "seccomp":
+                listener = linux.pidfd_getfd(init_pid, int(argument))
+                try:
+                    on_seccomp_listener(init_pid, listener)
+                finally:
+                    os.close(listener)
+                sync.reply(b"s")
             elif kind == "ready":
                 return init_pid
             elif kind == "error":

@@ -85,10 +85,10 @@ def check_semantics(config):
     """What the schema cannot say but runc refuses."""
     process = config.get("process")
     if process is None:
-        raise ConfigError("$.process is required: a container needs a process to run")
-    if not process.get("args"):
+        pass  # allowed at create (the runtime-spec's "required when start is called"); start refuses
+    elif not process.get("args"):
         raise ConfigError("$.process.args must not be empty: name the program to run")
-    if not process["cwd"].startswith("/"):
+    elif not process["cwd"].startswith("/"):
         raise ConfigError(f"$.process.cwd must be an absolute path, not {process['cwd']!r}")
     if "root" not in config:
         raise ConfigError("$.root is required: give the path of the container's root filesystem")
