@@ -84,7 +84,7 @@ def resolve_user(user, rootfs):
         gid = int(entry[3]) if entry[3].isdigit() else 0
         home = entry[5] if len(entry) > 5 and entry[5] else "/"
     else:
-        uid = int(user_part)
+        uid = int(user_part) if user_part else 0  # no passwd entry (or no /etc/passwd at all)
         name = None
     if group_part:
         if group_part.isdigit():

@@ -226,3 +226,9 @@ def main(argv=None):
     except OSError as e:
         print(f"crate-image: {e.strerror or e}: {e.filename or ''}; check the path and free space", file=sys.stderr)
         return 1
+    except Exception as e:  # a bug: still one line, with the traceback on request
+        if os.environ.get("CRATE_IMAGE_DEBUG"):
+            raise
+        print(f"crate-image: internal error: {type(e).__name__}: {e}; rerun with CRATE_IMAGE_DEBUG=1 and "
+              "report the traceback", file=sys.stderr)
+        return 70

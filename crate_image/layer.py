@@ -1,4 +1,4 @@
-"""Layers: decompression by magic, safe tar extraction, whiteouts in overlay form or applied flat.
+"""Layers: safe extraction of a tar stream, whiteouts in overlay form or applied flat.
 
 Two extraction modes share one engine:
 - "layer": one layer into its own directory, whiteouts kept the way overlayfs reads them (a 0:0
@@ -16,188 +16,18 @@ xattrs inside a layer are dropped so an image cannot steer the overlay mount.
 """
 import ctypes
 import errno
-import hashlib
-import lzma
-import bz2
 import os
 import stat
-import tarfile
-import zlib
 
+from crate_image import tar
+from crate_image.compression import LayerStream, detect, file_chunks  # noqa: F401 (re-exported)
 from crate_image.errors import DigestMismatch, ImageError, UnsafeLayer
 from crate_image.rootless import is_real_root
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-BZIP2_MAGIC = b"BZh"
 WHITEOUT_PREFIX = ".wh."
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read, not changed: open() modes are masked by it
 OPAQUE = ".wh..wh..opq"
-READ_SIZE = 1 << 20
-
-
-# ------------------------------------------------------------------ decompression
-def _zstd_decompressor():
-    try:
-        import zstandard
-    except ImportError:
-        raise ImageError("a zstd layer needs the zstandard package", "pip install zstandard")
-    return zstandard.ZstdDecompressor().decompressobj()
-
-
-class _Codec:
-    """Chunk-wise decompression that continues across concatenated members/frames."""
-
-    def __init__(self, kind):
-        self.kind = kind
-        self.obj = self._new()
-
-    def _new(self):
-        if self.kind == "gzip":
-            return zlib.decompressobj(wbits=31)
-        if self.kind == "zstd":
-            return _zstd_decompressor()
-        if self.kind == "xz":
-            return lzma.LZMADecompressor()
-        if self.kind == "bzip2":
-            return bz2.BZ2Decompressor()
-        return None
-
-    def feed(self, data):
-        if self.obj is None:
-            return data
-        out = []
-        while data:
-            out.append(self.obj.decompress(data))
-            if not self.obj.eof:
-                break
-            data = self.obj.unused_data
-            if data and self.kind == "gzip" and not data.startswith(GZIP_MAGIC):
-                break  # trailing padding after the last member: ignored, as gzip does
-            if data:
-                self.obj = self._new()
-        return b"".join(out)
-
-    def finish(self):
-        if self.obj is None:
-            return b""
-        if self.kind == "gzip":
-            tail = self.obj.flush()
-            if not self.obj.eof:
-                raise ImageError("a gzip layer ends before its end marker", "the blob is truncated")
-            return tail
-        if self.kind == "zstd":
-            return self.obj.flush() if hasattr(self.obj, "flush") else b""
-        return b""
-
-
-def detect(head):
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(XZ_MAGIC):
-        return "xz"
-    if head.startswith(BZIP2_MAGIC):
-        return "bzip2"
-    return "tar"
-
-
-class LayerStream:
-    """A file-like view of a layer's uncompressed tar over an iterator of compressed chunks.
-
-    Every compressed byte goes through `on_compressed` (hash + blob file) and is hashed here for
-    the blob digest; every uncompressed byte is hashed for the diff_id. finish() drains both
-    streams to their ends so the digests cover everything, then checks them.
-    """
-
-    def __init__(self, chunks, on_compressed=None, progress=None):
-        self.chunks = iter(chunks)
-        self.on_compressed = on_compressed
-        self.progress = progress
-        self.digest = hashlib.sha256()
-        self.diff = hashlib.sha256()
-        self.codec = None
-        self.buf = bytearray()
-        self.pos = 0
-        self.eof = False
-        self.compressed = 0
-        self.uncompressed = 0
-
-    def _pull(self):
-        """Decompress one more input chunk into the buffer; False at the end of input."""
-        if self.eof:
-            return False
-        try:
-            chunk = next(self.chunks)
-        except StopIteration:
-            self.eof = True
-            if self.codec is None:
-                self.codec = _Codec("tar")
-            tail = self.codec.finish()
-            self._out(tail)
-            return bool(tail)
-        if not chunk:
-            return True
-        self.digest.update(chunk)
-        self.compressed += len(chunk)
-        if self.on_compressed:
-            self.on_compressed(chunk)
-        if self.progress:
-            self.progress(len(chunk))
-        if self.codec is None:
-            self.codec = _Codec(detect(bytes(chunk[:6])))
-        try:
-            self._out(self.codec.feed(chunk))
-        except (zlib.error, lzma.LZMAError, OSError, ValueError) as e:
-            raise ImageError(f"layer data does not decompress ({self.codec.kind}): {e}", "the blob is corrupt")
-        except Exception as e:  # zstandard.ZstdError is not importable without the package
-            if type(e).__name__ == "ZstdError":
-                raise ImageError(f"layer data does not decompress (zstd): {e}", "the blob is corrupt")
-            raise
-        return True
-
-    def _out(self, data):
-        if data:
-            self.diff.update(data)
-            self.uncompressed += len(data)
-            if self.pos:
-                del self.buf[:self.pos]
-                self.pos = 0
-            self.buf += data
-
-    def read(self, n=-1):
-        if n is None or n < 0:
-            while self._pull():
-                pass
-            out = bytes(self.buf[self.pos:])
-            self.buf.clear()
-            self.pos = 0
-            return out
-        while len(self.buf) - self.pos < n and self._pull():
-            pass
-        out = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += len(out)
-        return out
-
-    def drain(self):
-        while self._pull():
-            self.buf.clear()
-            self.pos = 0
-        self.buf.clear()
-        self.pos = 0
-
-    def digests(self):
-        return "sha256:" + self.digest.hexdigest(), "sha256:" + self.diff.hexdigest()
-
-
-def file_chunks(path, size=READ_SIZE):
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(size)
-            if not data:
-                return
-            yield data
 
 
 # ------------------------------------------------------------------ path resolution inside a root
@@ -363,6 +193,10 @@ class Extractor:
         self.real_root = is_real_root() if real_root is None else real_root
         self.map_ownership = map_ownership  # False: keep everything owned by us (no id mapping)
         self.rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.euid, self.egid = os.geteuid(), os.getegid()
+        # new entries belong to euid:egid unless a setgid directory passes its group down; our own
+        # directories get their modes only at the end, so only a setgid root can do that
+        self.owner_is_default = not os.fstat(self.rootfd).st_mode & stat.S_ISGID
         self._parent = (None, None)   # cache of the last parent dir: (relpath, fd)
         self.skipped_devices = []
         self.unmapped_owners = 0
@@ -427,9 +261,12 @@ class Extractor:
         return (member.uid, member.gid) if self.map_ownership else (-1, -1)
 
     def _chown(self, fd_or_name, member, dir_fd=None):
+        """Give the entry its owner; False when nothing had to change (a new file is already ours)."""
         uid, gid = self._owner(member)
         if uid == -1 and gid == -1:
-            return
+            return False
+        if self.owner_is_default and uid == self.euid and gid == self.egid:
+            return False
         try:
             if dir_fd is None:
                 os.fchown(fd_or_name, uid, gid)
@@ -439,18 +276,12 @@ class Extractor:
             if e.errno not in (errno.EINVAL, errno.EPERM):
                 raise
             self.unmapped_owners += 1  # id outside our user namespace: stays ours
+        return True
 
     def _xattrs(self, member):
-        out = {}
-        for key, value in member.pax_headers.items():
-            if not key.startswith("SCHILY.xattr."):
-                continue
-            name = key[len("SCHILY.xattr."):]
-            # an image must not steer the overlay mount (redirects, metacopy, opaque markers)
-            if name.startswith(("trusted.overlay.", "user.overlay.")):
-                continue
-            out[name] = value.encode("utf-8", "surrogateescape")
-        return out
+        # an image must not steer the overlay mount (redirects, metacopy, opaque markers)
+        return {name: value for name, value in member.xattrs.items()
+                if not name.startswith(("trusted.overlay.", "user.overlay."))}
 
     def _set_xattrs(self, fd, member):
         for name, value in self._xattrs(member).items():
@@ -467,12 +298,11 @@ class Extractor:
         return (ns, ns)
 
     # ---------------------------------------------------------------- one layer
-    def extract(self, tar_stream):
-        """Extract one tar (a file-like object giving the uncompressed stream)."""
+    def extract(self, stream):
+        """Extract one layer from a LayerStream (or anything with read/write_to/skip)."""
         self.created = set()
-        with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
-            for member in tar:
-                self._entry(tar, member)
+        for member in tar.entries(stream):
+            self._entry(stream, member)
 
     def finish(self):
         """Apply directory modes and mtimes (children are in place now), deepest first."""
@@ -492,7 +322,7 @@ class Extractor:
                 os.close(fd)
         self.dirs = {}
 
-    def _entry(self, tar, member):
+    def _entry(self, stream, member):
         relpath = clean_name(member.name)
         parent, _, base = relpath.rpartition("/")
         if not relpath:  # the root itself ("./")
@@ -506,36 +336,36 @@ class Extractor:
         pfd = self._parent_fd(parent)
         if member.isdir():
             try:
-                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
+                os.mkdir(base, 0o700, dir_fd=pfd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.stat(base, dir_fd=pfd, follow_symlinks=False).st_mode):
                     self._replace(pfd, base)
                     os.mkdir(base, 0o700, dir_fd=pfd)
-            except FileNotFoundError:
-                os.mkdir(base, 0o700, dir_fd=pfd)
             self.dirs[relpath] = member
             self.created.add(relpath)
             return
-        self._replace(pfd, base)
         self.created.add(relpath)
+        # create first, clear the way only when the name is taken: one syscall less per entry
         if member.isreg():
-            self._regular(tar, member, pfd, base)
+            self._regular(stream, member, pfd, base)
         elif member.issym():
-            os.symlink(member.linkname, base, dir_fd=pfd)
+            self._create(pfd, base, lambda: os.symlink(member.linkname, base, dir_fd=pfd))
             self._chown(base, member, dir_fd=pfd)
             os.utime(base, ns=self._times(member), dir_fd=pfd, follow_symlinks=False)
             self._drop_parent()  # a new symlink may change how later names resolve
         elif member.isfifo():
-            os.mkfifo(base, 0o600, dir_fd=pfd)
+            self._create(pfd, base, lambda: os.mkfifo(base, 0o600, dir_fd=pfd))
             self._finish_special(member, pfd, base)
         elif member.ischr() or member.isblk():
             if not self.real_root:
                 self.skipped_devices.append(relpath)
                 return
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
+            device = os.makedev(member.devmajor, member.devminor)
+            self._create(pfd, base, lambda: os.mknod(base, kind | 0o600, device, dir_fd=pfd))
             self._finish_special(member, pfd, base)
         else:
-            raise UnsafeLayer(f"layer entry {member.name!r} has unsupported tar type {member.type!r}",
+            raise UnsafeLayer(f"layer entry {member.name!r} has unsupported tar type {member.type.decode()!r}",
                               "the image is malformed")
 
     def _finish_special(self, member, pfd, base):
@@ -546,6 +376,13 @@ class Extractor:
             os.utime(base, ns=self._times(member), dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(fd)
+
+    def _create(self, pfd, base, make):
+        try:
+            return make()
+        except FileExistsError:
+            self._replace(pfd, base)
+            return make()
 
     def _replace(self, pfd, base):
         """Clear the way for a new entry: an existing entry of the same name goes."""
@@ -561,20 +398,21 @@ class Extractor:
         if self._parent[1] != pfd:
             self._drop_parent()
 
-    def _regular(self, tar, member, pfd, base):
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    def _regular(self, stream, member, pfd, base):
+        perm = stat.S_IMODE(member.mode)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = self._create(pfd, base, lambda: os.open(base, flags, perm & 0o777, dir_fd=pfd))
         try:
-            source = tar.extractfile(member)
-            remaining = member.size
-            while remaining > 0:
-                data = source.read(min(remaining, READ_SIZE))
-                if not data:
-                    raise ImageError(f"layer ends inside {member.name!r}", "the blob is truncated")
-                _write_all(fd, data)
-                remaining -= len(data)
-            self._chown(fd, member)
-            os.fchmod(fd, stat.S_IMODE(member.mode))  # after chown, which clears setuid bits
-            self._set_xattrs(fd, member)
+            written = stream.write_to(fd, member.size)
+            member.remaining = 0
+            if written != member.size:
+                raise ImageError(f"layer ends inside {member.name!r}", "the blob is truncated")
+            chowned = self._chown(fd, member)
+            # after chown, which clears setuid bits; not needed when open() already set the mode
+            if chowned or perm & 0o7000 or perm & _UMASK:
+                os.fchmod(fd, perm)
+            if member.xattrs:
+                self._set_xattrs(fd, member)
             os.utime(fd, ns=self._times(member))
         finally:
             os.close(fd)
@@ -601,8 +439,8 @@ class Extractor:
             pfd = self._parent_fd(parent)
             if relpath == target:
                 return
-            self._replace(pfd, base)
-            os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+            self._create(pfd, base, lambda: os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd,
+                                                    follow_symlinks=False))
             self.created.add(relpath)
         finally:
             os.close(tfd)
@@ -629,13 +467,6 @@ class Extractor:
         else:
             self._drop_parent_if_not(pfd)
             _remove_at(pfd, name)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def verify(stream, digest, diff_id, what):
