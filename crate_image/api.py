@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from crate_image import bundle as bundles
 from crate_image import layer as layers
 from crate_image import platform as platforms
-from crate_image import rootless
+from crate_image import rootless as userns
 from crate_image.config import load_registries
 from crate_image.errors import ImageError, NotFound
 from crate_image.progress import Progress
@@ -65,7 +65,7 @@ def pull(reference, *, root=None, platform=None, progress=None, authfile=None, c
     def work():
         c = client or Client(load_registries(registries_conf), authfile=authfile, credentials=credentials)
         return _pull(reference, store, c, wanted, progress or Progress())
-    return rootless.maybe(work)
+    return userns.maybe(work)
 
 
 def image(reference, *, root=None, extract=True):
@@ -82,7 +82,7 @@ def image(reference, *, root=None, extract=True):
         def work():
             with store.gc_lock():
                 return ensure_layers(store.ensure(), manifest, config)
-        dirs = rootless.maybe(work)
+        dirs = userns.maybe(work)
     source = (desc.get("annotations") or {}).get("io.crate.image.source.digest") or desc["digest"]
     return Image(name or desc["digest"], desc["digest"], desc.get("mediaType") or manifest.get("mediaType"),
                  manifest["config"]["digest"], config, manifest, dirs, source)
@@ -140,7 +140,7 @@ def prune(*, root=None):
     store = _store(root)
     if not store.exists():
         return {"blobs": 0, "layers": 0, "bytes": 0}
-    blobs, layer_count, freed = rootless.maybe(store.prune, remove_tree)
+    blobs, layer_count, freed = userns.maybe(store.prune, remove_tree)
     return {"blobs": blobs, "layers": layer_count, "bytes": freed}
 
 
@@ -159,7 +159,7 @@ def _new_dir(path, what):
 
 def _flatten(store, img, target):
     """Apply every layer of img (from its stored blobs) into the directory target."""
-    with layers.Extractor(target, mode="flat", overlay_ns=rootless.overlay_xattr_ns()) as ex:
+    with layers.Extractor(target, mode="flat", overlay_ns=userns.overlay_xattr_ns()) as ex:
         for desc, diff_id in zip(img.manifest["layers"], check_config(img.config, img.manifest, img.name)):
             if not store.has_blob(desc["digest"]):
                 raise NotFound(f"layer {desc['digest']} is missing from the store", f"pull {img.name} again")
@@ -190,32 +190,32 @@ def unpack(reference, target, *, root=None):
                         remove_tree(os.path.join(target, entry))
                 raise
         return target
-    return rootless.maybe(work)
+    return userns.maybe(work)
 
 
 def _record_path(store, bundle_path):
     return os.path.join(store.bundles, hashlib.sha256(bundle_path.encode()).hexdigest()[:32] + ".json")
 
 
-def make_bundle(reference, bundle_dir, *, root=None, rootless_=None, rootfs="auto", args=None, entrypoint=None,
+def make_bundle(reference, bundle_dir, *, root=None, rootless=None, rootfs="auto", args=None, entrypoint=None,
                 env=None, user=None, workdir=None, hostname="crate", terminal=False, network_namespace=None):
     """Make an OCI bundle (config.json + rootfs) for crate-runc from a stored image.
 
-    rootless_: None = rootless when not root. rootfs: "overlay" (mount of the layers; root only),
+    rootless: None = rootless when not root. rootfs: "overlay" (mount of the layers; root only),
     "copy" (flattened tree) or "auto" (overlay as root, copy otherwise). args/entrypoint/env/user/
     workdir override the image's Cmd/Entrypoint/Env/User/WorkingDir as docker run does."""
     store = _store(root)
-    is_rootless = (not rootless.is_real_root()) if rootless_ is None else bool(rootless_)
+    is_rootless = (not userns.is_real_root()) if rootless is None else bool(rootless)
     if rootfs not in ("auto", "overlay", "copy"):
         raise ImageError(f"unknown rootfs kind {rootfs!r}", "use overlay, copy or auto")
-    mode = ("overlay" if rootless.is_real_root() else "copy") if rootfs == "auto" else rootfs
-    if mode == "overlay" and not rootless.is_real_root():
+    mode = ("overlay" if userns.is_real_root() else "copy") if rootfs == "auto" else rootfs
+    if mode == "overlay" and not userns.is_real_root():
         raise ImageError("an overlay rootfs outside a user namespace needs root",
                          "make a flattened bundle (--copy), or mount image.layer_dirs inside your namespace")
     img = image(reference, root=root, extract=(mode == "overlay"))
     path, created = _new_dir(bundle_dir, "bundle directory")
     rootfs_dir = os.path.join(path, "rootfs")
-    mappings = rootless.id_maps() if is_rootless else None  # of the caller, not of the helper namespace
+    mappings = userns.id_maps() if is_rootless else None  # of the caller, not of the helper namespace
 
     def work():
         with store.gc_lock():
@@ -255,7 +255,7 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless_=None, rootfs="aut
                     for entry in os.listdir(path):
                         remove_tree(os.path.join(path, entry))
                 raise
-    config = rootless.maybe(work) if mode == "copy" else work()
+    config = userns.maybe(work) if mode == "copy" else work()
     return Bundle(path, rootfs_dir, mode, is_rootless, config, img.digest)
 
 
@@ -268,7 +268,7 @@ def remove_bundle(bundle_dir, *, root=None):
     rootfs_dir = os.path.join(path, "rootfs")
     if bundles.is_mountpoint(rootfs_dir):
         bundles.unmount(rootfs_dir)
-    rootless.maybe(remove_tree, path)
+    userns.maybe(remove_tree, path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_record_path(store, path))
 

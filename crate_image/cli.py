@@ -54,6 +54,7 @@ Options:
 import getpass
 import json
 import os
+import signal
 import sys
 import time
 
@@ -163,7 +164,7 @@ def cmd_bundle(args, root):
     if args["--entrypoint"] is not None:
         entrypoint = [args["--entrypoint"]] if args["--entrypoint"] else []
     command = args["ARG"][1:] if args["ARG"][:1] == ["--"] else args["ARG"]  # docopt keeps the "--"
-    b = api.make_bundle(_image(args), args["DIR"], root=root, rootless_=True if args["--rootless"] else None,
+    b = api.make_bundle(_image(args), args["DIR"], root=root, rootless=True if args["--rootless"] else None,
                         rootfs=mode, args=command or None, entrypoint=entrypoint, env=args["--env"] or None,
                         user=args["--user"], workdir=args["--workdir"], hostname=args["--hostname"] or "crate",
                         terminal=args["--tty"])
@@ -204,7 +205,12 @@ def cmd_logout(args, root):
 COMMANDS = ["pull", "images", "inspect", "rmi", "prune", "unpack", "bundle", "unbundle", "login", "logout"]
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temp files and half-made dirs are removed
+
+
 def main(argv=None):
+    signal.signal(signal.SIGTERM, _terminate)
     args = docopt(__doc__, argv=sys.argv[1:] if argv is None else argv, version=f"crate-image version {__version__}")
     root = args["--root"]
     try:

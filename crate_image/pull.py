@@ -285,7 +285,11 @@ def _fetch_layers(store, client, endpoint, repository, descs, diff_ids, progress
         todo.sort(key=lambda item: -(item[0].get("size") or 0))
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(todo))) as pool:
             futures = [pool.submit(one, item) for item in todo]
-            errors = [f.exception() for f in futures if f.exception() is not None]
+            try:
+                errors = [f.exception() for f in futures if f.exception() is not None]
+            except BaseException:  # Ctrl-C or SIGTERM: the workers stop at their next chunk and clean up
+                failed.set()
+                raise
         if errors:
             # the first real failure, not the "stopped because another layer failed" echoes
             real = [e for e in errors if "another layer failed" not in str(e)]

@@ -391,7 +391,8 @@ class FaultyProxy:
     """An HTTP proxy in front of a registry that misbehaves on purpose, for one blob at a time.
 
     mode: None (pass through), "drop" (send half of a blob body, then cut the connection, once per
-    blob), "corrupt" (flip a byte in every blob body), "flaky" (answer 503 then 429 to the first two
+    blob), "corrupt" (flip a byte in every blob body), "slow" (blob bodies at ~320 kB/s),
+    "flaky" (answer 503 then 429 to the first two
     requests of every path), "redirect" (answer blob GETs with 307 to a storage server on another
     port that records the headers it got in .storage_headers).
     Every request is logged in .log as (method, path, Range header or None).
@@ -465,7 +466,12 @@ class FaultyProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if data:
+                if data and is_blob and proxy.mode == "slow":
+                    for i in range(0, len(data), 16384):
+                        self.wfile.write(data[i:i + 16384])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                elif data:
                     self.wfile.write(data)
 
             def do_GET(self):

@@ -3,8 +3,9 @@ store as an OCI layout that skopeo and umoci read, digests, resume, retries, con
 import hashlib
 import json
 import os
+import signal
 import subprocess
-import threading
+import time
 
 import pytest
 
@@ -279,3 +280,23 @@ def test_progress_lines_bars_and_quiet(image_cli, busybox_refs, tmp_path):
                             capture_output=True, text=True, env=image_cli.env)
     assert script.returncode == 0, script.stdout
     assert "\x1b[" in script.stdout and "Pull complete" in script.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_pull_leaves_nothing_half_made(image_cli, faulty_proxy, busybox_refs, sig):
+    faulty_proxy.mode = "slow"
+    ref = f"{faulty_proxy.host}/library/busybox:v2s2"
+    proc = subprocess.Popen(["crate-image", "pull", ref], env=image_cli.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not any("/blobs/" in p and "sha256:" in p for _, p, _ in faulty_proxy.log[1:]):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-download
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "interrupted" in err
+    assert stored_refs(image_cli) == {}
+    assert os.listdir(os.path.join(image_cli.root, "tmp")) == []
+    assert os.listdir(os.path.join(image_cli.root, "layers", "sha256")) == []
