@@ -62,6 +62,16 @@ def test_user_resolution(rootfs, user, expected):
     assert bundles.runtime_config(IMAGE_CONFIG, rootfs, user=user)["process"]["user"] == expected
 
 
+def test_image_without_passwd(tmp_path):
+    config = bundles.runtime_config({"config": {"Cmd": ["/app"]}}, str(tmp_path))
+    assert config["process"]["user"] == {"uid": 0, "gid": 0}
+    assert "HOME=/" in config["process"]["env"]
+    assert bundles.runtime_config({"config": {"Cmd": ["/app"], "User": "123:45"}},
+                                  str(tmp_path))["process"]["user"] == {"uid": 123, "gid": 45}
+    with pytest.raises(ImageError, match="not in its /etc/passwd"):
+        bundles.runtime_config({"config": {"Cmd": ["/app"], "User": "app"}}, str(tmp_path))
+
+
 def test_user_resolution_errors_and_escaping_passwd(rootfs, tmp_path):
     with pytest.raises(ImageError, match="user 'ghost' of the image is not in its /etc/passwd"):
         bundles.runtime_config(IMAGE_CONFIG, rootfs, user="ghost")
