@@ -229,13 +229,20 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless=None, rootfs="auto
                 store.ensure()
                 with open(_record_path(store, path), "w", encoding="utf-8") as f:
                     json.dump(record, f)
+                used = mode
                 if mode == "overlay":
                     upper, work_dir = os.path.join(path, "overlay", "upper"), os.path.join(path, "overlay", "work")
                     os.makedirs(upper, 0o755)
                     os.makedirs(work_dir, 0o700)
-                    bundles.mount_overlay(img.layer_dirs, upper, work_dir, rootfs_dir)
-                    mounted = True
-                else:
+                    try:
+                        bundles.mount_overlay(img.layer_dirs, upper, work_dir, rootfs_dir)
+                        mounted = True
+                    except ImageError:
+                        if rootfs != "auto":
+                            raise
+                        used = "copy"  # no overlayfs here (or not on this filesystem): copy instead
+                        remove_tree(os.path.join(path, "overlay"))
+                if used == "copy":
                     _flatten(store, img, rootfs_dir)
                 config = bundles.runtime_config(img.config, rootfs_dir, rootless=is_rootless, args=args,
                                                 entrypoint=entrypoint, env=env, user=user, workdir=workdir,
@@ -243,7 +250,7 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless=None, rootfs="auto
                                                 network_namespace=network_namespace, mappings=mappings)
                 with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
                     json.dump(config, f, indent=2)
-                return config
+                return config, used
             except BaseException:
                 if mounted:
                     bundles.unmount(rootfs_dir)
@@ -255,8 +262,8 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless=None, rootfs="auto
                     for entry in os.listdir(path):
                         remove_tree(os.path.join(path, entry))
                 raise
-    config = userns.maybe(work) if mode == "copy" else work()
-    return Bundle(path, rootfs_dir, mode, is_rootless, config, img.digest)
+    config, used = userns.maybe(work) if mode == "copy" else work()
+    return Bundle(path, rootfs_dir, used, is_rootless, config, img.digest)
 
 
 def remove_bundle(bundle_dir, *, root=None):

@@ -86,7 +86,7 @@ def _pax(data):
 
 def _checksum_ok(header):
     stored = _number(header[148:156])
-    unsigned = sum(header[:148]) + 256 + sum(header[156:])  # the checksum field counts as spaces
+    unsigned = sum(header) - sum(header[148:156]) + 256  # the checksum field counts as spaces
     if stored == unsigned:
         return True
     signed = unsigned - sum(b for b in header[:148] if b > 127) * 2 - sum(b for b in header[156:] if b > 127) * 2

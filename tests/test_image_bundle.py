@@ -306,3 +306,24 @@ def test_rootless_layers_mount_as_overlay_in_a_user_namespace(user_dir, edge_cas
     assert any(line.startswith("data/opaque/new.txt ") for line in flat)
     assert not any(line.startswith("data/opaque/a.txt ") for line in flat)
     assert any(line.startswith("data/owned/file.txt f 0644 1000:1000") for line in flat)
+
+
+@pytest.mark.root
+@pytest.mark.registry
+def test_falls_back_to_a_copy_where_overlay_is_unavailable(image_cli, config_ref, tmp_path):
+    """An overlay upper dir cannot live on another overlay: auto falls back to a flattened copy,
+    --overlay says so and leaves nothing."""
+    image_cli("pull", "-q", config_ref)
+    outer = tmp_path / "outer"
+    image_cli("bundle", config_ref, str(outer))
+    try:
+        inner = outer / "rootfs" / "tmp" / "inner"
+        image_cli("bundle", config_ref, str(inner))
+        assert not bundles.is_mountpoint(str(inner / "rootfs"))
+        assert (inner / "rootfs" / "bin" / "busybox").is_file() and not (inner / "overlay").exists()
+        image_cli("unbundle", str(inner))
+        bad = image_cli("bundle", "--overlay", config_ref, str(outer / "rootfs" / "tmp" / "forced"), check=False)
+        assert bad.returncode == 1 and "overlay mount" in bad.stderr and "--copy" in bad.stderr
+        assert not (outer / "rootfs" / "tmp" / "forced").exists()
+    finally:
+        image_cli("unbundle", str(outer))

@@ -136,8 +136,9 @@ def test_digest_mismatch_is_rejected_with_nothing_stored(image_cli, faulty_proxy
     assert out.returncode == 1
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("crate-image: ") and "hashes to" in line and "nothing was stored" in line
-    # only the (verified) config may have landed before the layer failed; no layer, no ref, no debris
+    # no blob (not even the verified config: it lands after the layers), no layer, no ref, no debris
     assert stored_refs(image_cli) == {}
+    assert blob_files(image_cli) == []
     assert os.listdir(os.path.join(image_cli.root, "layers", "sha256")) == []
     assert os.listdir(os.path.join(image_cli.root, "tmp")) == []
     manifest = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
