@@ -20,10 +20,12 @@ import os
 import stat
 
 from crate_image import tar
-from crate_image.compression import LayerStream, detect, file_chunks  # noqa: F401 (re-exported)
+from crate_image.compression import LayerStream, detect, file_chunks
 from crate_image.errors import DigestMismatch, ImageError, UnsafeLayer
 from crate_image.rootless import is_real_root
 
+__all__ = ["Extractor", "LayerStream", "detect", "file_chunks", "open_in_root", "read_file_in_root",
+           "clean_name", "verify"]  # the stream helpers are re-exported for the callers' convenience
 WHITEOUT_PREFIX = ".wh."
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read, not changed: open() modes are masked by it

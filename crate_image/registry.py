@@ -20,7 +20,7 @@ import urllib3
 
 from crate_image import __version__, auth
 from crate_image.config import load_registries
-from crate_image.errors import AuthError, DigestMismatch, ImageError, NotFound, RegistryError
+from crate_image.errors import AuthError, DigestMismatch, NotFound, RegistryError
 
 USER_AGENT = f"crate-image/{__version__}"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -406,8 +406,18 @@ class Client:
 
 
 def _short(e):
+    """What went wrong on the network, without urllib3's nesting."""
+    text = repr(e)
+    if isinstance(e, requests.Timeout) or "timed out" in text:
+        return "timed out"
+    if "NameResolutionError" in text or "Name or service not known" in text or "nodename nor servname" in text:
+        return "the host name does not resolve"
+    if "ConnectionRefused" in text or "Connection refused" in text:
+        return "connection refused"
+    if "RemoteDisconnected" in text or "ConnectionReset" in text or "IncompleteRead" in text:
+        return "the connection was closed mid-way"
     text = str(e)
-    return text if len(text) < 200 else text[:200] + "..."
+    return text if len(text) < 160 else text[:160] + "..."
 
 
 def _body(r):

@@ -10,8 +10,6 @@ import threading
 
 import pytest
 
-import oci_images
-
 pytestmark = pytest.mark.registry
 
 
