@@ -82,17 +82,23 @@ def _grammar(doc):
         for name in names:
             options[name] = (key, takes_arg)
     usage = doc.split("Usage:", 1)[1].strip().splitlines()[0].split()
+    command = usage[1] if usage[1][0] not in "[<-" else None  # "crate-runc create [options] <id>"
     positionals = [(t.strip("[]."), t.startswith("["), "..." in t) for t in usage[2:] if "<" in t]
-    _grammars[doc] = (options, defaults, positionals)
+    _grammars[doc] = (command, options, defaults, positionals)
     return _grammars[doc]
 
 
 def fast_parse(doc, argv):
     """docopt's answer for argv, or None when argv is not in the plain form this handles."""
-    options, defaults, positionals = _grammar(doc)
+    command, options, defaults, positionals = _grammar(doc)
     result = dict(defaults)
     seen = set()
     i = 0
+    if command is not None:
+        if not argv or argv[0] != command:
+            return None
+        result[command] = True
+        i = 1
     while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-", "--"):
         name, eq, value = argv[i].partition("=")
         if name not in options or name in ("-h", "--help", "-v", "--version"):
@@ -127,11 +133,11 @@ def fast_parse(doc, argv):
     return None if rest else result
 
 
-def parse(doc, argv, version=None):
+def parse(doc, argv, version=None, options_first=False):
     args = fast_parse(doc, argv)
     if args is None:
         from docopt import docopt
-        args = docopt(doc, argv=argv, options_first=True, version=version)
+        args = docopt(doc, argv=argv, options_first=options_first, version=version)
     return args
 
 
@@ -326,7 +332,8 @@ def _version_text():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    top = parse(__doc__, argv, version=_version_text().rstrip())
+    # global options come before the command, whose own options docopt then reads
+    top = parse(__doc__, argv, version=_version_text().rstrip(), options_first=True)
     name = top["<command>"]
     log.configure(top["--log"], top["--log-format"] == "json", top["--debug"])
     if name not in COMMANDS:
@@ -337,7 +344,7 @@ def main(argv=None):
         return _fail("--systemd-cgroup is not supported: crate-runc manages cgroups through cgroupfs; "
                      "configure the caller to use cgroupfs (e.g. podman --cgroup-manager=cgroupfs)")
     doc, handler = COMMANDS[name]
-    args = parse(doc, top["<args>"])
+    args = parse(doc, [name] + top["<args>"])
     from crate_runc import state as state_module
     g = {"root": top["--root"] or state_module.default_root(), "rootless": top["--rootless"]}
     log.debug(f"{name} {' '.join(top['<args>'])}")

@@ -19,14 +19,20 @@ class ConfigError(Error):
 # a type, {key: description} for objects ("!key" = required), [description] for arrays,
 # and MAP_OF_STR for string-to-string objects.
 MAP_OF_STR = "map-of-str"
-ID_MAPPING = {"!containerID": int, "!hostID": int, "!size": int}
+
+
+class uint:  # noqa: N801 - a type marker like int and str: a JSON integer 0 <= n < 2**32
+    pass
+
+
+ID_MAPPING = {"!containerID": uint, "!hostID": uint, "!size": uint}
 HOOK = {"!path": str, "args": [str], "env": [str], "timeout": int}
 SPEC = {
     "!ociVersion": str,
     "root": {"!path": str, "readonly": bool},
     "process": {
         "terminal": bool, "consoleSize": {"!height": int, "!width": int},
-        "user": {"uid": int, "gid": int, "umask": int, "additionalGids": [int], "username": str},
+        "user": {"uid": uint, "gid": uint, "umask": uint, "additionalGids": [uint], "username": str},
         "args": [str], "commandLine": str, "env": [str], "!cwd": str,
         "capabilities": {"bounding": [str], "effective": [str], "inheritable": [str], "permitted": [str],
                          "ambient": [str]},
@@ -42,13 +48,13 @@ SPEC = {
     "linux": {
         "namespaces": [{"!type": str, "path": str}],
         "uidMappings": [ID_MAPPING], "gidMappings": [ID_MAPPING],
-        "devices": [{"!type": str, "!path": str, "major": int, "minor": int, "fileMode": int, "uid": int,
-                     "gid": int}],
+        "devices": [{"!type": str, "!path": str, "major": int, "minor": int, "fileMode": uint, "uid": uint,
+                     "gid": uint}],
         "cgroupsPath": str, "resources": {}, "rootfsPropagation": str, "seccomp": {"!defaultAction": str},
         "sysctl": MAP_OF_STR, "maskedPaths": [str], "readonlyPaths": [str], "mountLabel": str,
     },
 }
-TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
+TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", uint: "an integer from 0 to 4294967295"}
 
 
 def _path(parts):
@@ -77,6 +83,9 @@ def check(value, spec=SPEC, where=()):
             raise ConfigError(f"{_path(where)} must be an array")
         for i, item in enumerate(value):
             check(item, spec[0], where + (i,))
+    elif spec is uint:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 32:
+            raise ConfigError(f"{_path(where)} must be {TYPE_NAMES[uint]}")
     elif not isinstance(value, spec) or (spec is int and isinstance(value, bool)):
         raise ConfigError(f"{_path(where)} must be {TYPE_NAMES[spec]}")
 

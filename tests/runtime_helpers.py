@@ -81,9 +81,12 @@ def make_bundle(path, rootfs, args, rootless=False, user=None, **changes):
     """A bundle at `path` whose config is `crate-runc spec` plus `changes` (dotted keys allowed:
     {"process.cwd": "/tmp"}); root.path points at the shared read-only `rootfs`."""
     os.makedirs(path, exist_ok=True)
+    if os.path.exists(os.path.join(path, "config.json")):
+        os.unlink(os.path.join(path, "config.json"))
     cmd = [runtime_binary(), "spec", "--bundle", path] + (["--rootless"] if rootless else [])
     if user:
         entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
         cmd = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"] + cmd
     subprocess.run(cmd, check=True, capture_output=True)
     config_path = os.path.join(path, "config.json")

@@ -1,0 +1,115 @@
+"""crate-runc as an unprivileged user: `spec --rootless` bundles, configs without a user namespace,
+id ranges through newuidmap/newgidmap, and the lifecycle leaving nothing behind."""
+import json
+import os
+import pwd
+import time
+
+import pytest
+
+from runtime_helpers import make_bundle, processes_in
+
+pytestmark = pytest.mark.userns
+
+
+def owner(runtime):
+    return runtime.user or pwd.getpwuid(os.geteuid()).pw_name
+
+
+def user_ids(runtime):
+    entry = pwd.getpwnam(owner(runtime))
+    return entry.pw_uid, entry.pw_gid
+
+
+def bundle_for(runtime, path, rootfs, args, rootless=True, **changes):
+    return make_bundle(path, rootfs, args, rootless=rootless, user=runtime.user, **changes)
+
+
+def subid_range(kind, name):
+    try:
+        with open(f"/etc/sub{kind}") as f:
+            for line in f:
+                user, start, count = line.strip().split(":")
+                if user == name:
+                    return int(start), int(count)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def test_spec_rootless_bundle_runs_with_no_setup(user_runtime, shared_tmp, busybox_rootfs, request):
+    uid, gid = user_ids(user_runtime)
+    path = os.path.join(shared_tmp, f"rl-spec-{request.node.name}")
+    config = bundle_for(user_runtime, path, busybox_rootfs,
+                        ["sh", "-c", "id -u; cat /proc/self/uid_map; hostname; touch /tmp/x 2>&1 | head -1"])
+    assert config["linux"]["uidMappings"] == [{"containerID": 0, "hostID": uid, "size": 1}]
+    done = user_runtime("run", "--bundle", path, "rl1", check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(uid), "1"]
+    assert lines[2] == "crate"
+    assert user_runtime.ids() == []
+
+
+def test_config_without_user_namespace_gets_one(user_runtime, shared_tmp, busybox_rootfs, request):
+    """As crun does: rootless and no user namespace in config.json -> the runtime makes one."""
+    uid, _ = user_ids(user_runtime)
+    path = os.path.join(shared_tmp, f"rl-auto-{request.node.name}")
+    # a root-style config (network namespace, sysfs, devpts gid=5, device rules), minus cgroupsPath
+    bundle_for(user_runtime, path, busybox_rootfs, ["sh", "-c", "id -u; cat /proc/self/uid_map; ls /dev/null"],
+               rootless=False, **{"linux.cgroupsPath": None, "linux.resources": None})
+    done = user_runtime("run", "--bundle", path, "rl2", check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "0", str(uid), "1", "/dev/null"]
+
+
+def test_id_ranges_through_newuidmap(user_runtime, shared_tmp, busybox_rootfs, request):
+    name = owner(user_runtime)
+    uid, gid = user_ids(user_runtime)
+    uids, gids = subid_range("uid", name), subid_range("gid", name)
+    if not (uids and gids):
+        pytest.skip(f"no /etc/subuid and /etc/subgid ranges for {name}")
+    uid_maps = [{"containerID": 0, "hostID": uid, "size": 1}, {"containerID": 1, "hostID": uids[0], "size": 65536}]
+    gid_maps = [{"containerID": 0, "hostID": gid, "size": 1}, {"containerID": 1, "hostID": gids[0], "size": 65536}]
+    path = os.path.join(shared_tmp, f"rl-range-{request.node.name}")
+    bundle_for(user_runtime, path, busybox_rootfs, ["sh", "-c", "cat /proc/self/uid_map; id -u; id -g"],
+               **{"linux.uidMappings": uid_maps, "linux.gidMappings": gid_maps,
+                  "process.user": {"uid": 1000, "gid": 1000}})
+    done = user_runtime("run", "--bundle", path, "rl3", check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert lines[0] == ["0", str(uid), "1"] and lines[1] == ["1", str(uids[0]), "65536"]
+    assert lines[2:] == [["1000"], ["1000"]]
+
+
+def test_rootless_lifecycle_leaves_nothing(user_runtime, shared_tmp, busybox_rootfs, request):
+    path = os.path.join(shared_tmp, f"rl-life-{request.node.name}")
+    bundle_for(user_runtime, path, busybox_rootfs, ["sh", "-c", "while :; do sleep 0.05; done"])
+    pid_file = os.path.join(user_runtime.root, "pid")
+    user_runtime("create", "--bundle", path, "--pid-file", pid_file, "rl4")
+    state = user_runtime.state("rl4")
+    assert state["status"] == "created" and state["pid"] == int(open(pid_file).read())
+    with open(f"/proc/{state['pid']}/status") as f:
+        uid_line = next(line for line in f if line.startswith("Uid:"))
+    assert uid_line.split()[1] == str(user_ids(user_runtime)[0])  # root inside, the user outside
+    user_runtime("start", "rl4")
+    assert user_runtime.state("rl4")["status"] == "running"
+    user_runtime("kill", "rl4", "KILL")
+    deadline = time.monotonic() + 10
+    while user_runtime.state("rl4")["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    user_runtime("delete", "rl4")
+    assert user_runtime.ids() == []
+    assert not os.path.exists(os.path.join(user_runtime.root, "rl4"))
+    assert processes_in(busybox_rootfs) == []
+
+
+def test_rootless_errors_are_one_line_and_leave_nothing(user_runtime, shared_tmp, busybox_rootfs, request):
+    path = os.path.join(shared_tmp, f"rl-err-{request.node.name}")
+    bundle_for(user_runtime, path, busybox_rootfs, ["no-such-binary"])
+    done = user_runtime("create", "--bundle", path, "rl5", check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "executable file not found" in done.stderr
+    assert user_runtime.ids() == [] and not os.path.exists(os.path.join(user_runtime.root, "rl5"))
+    assert processes_in(busybox_rootfs) == []
