@@ -21,8 +21,13 @@ import oci_images
 from conftest import TEST_USER, unavailable
 from crate_runc import cgroups
 from crate_runc.cgroups import CgroupError
+from crate_runc.cgroups.devices import DeviceRuleError, Emulator, Rule, default_device_rules
+from crate_runc.cgroups.paths import cgroup_mode, clean_path, huge_page_sizes, inner_path
+from crate_runc.cgroups.resources import blkio_to_io_weight, parse_resources, shares_to_weight, swap_to_v2
+from crate_runc.cgroups.v1 import v1_mounts
+from crate_runc.cgroups.v2 import V2Manager
 
-MODE = cgroups.cgroup_mode()
+MODE = cgroup_mode()
 UNIFIED = {"v2": "/sys/fs/cgroup", "hybrid": "/sys/fs/cgroup/unified"}.get(MODE)
 _names = iter(range(1, 1 << 30))
 
@@ -161,11 +166,11 @@ def v2_tree():
 
 def v2_manager(lab, root, linux, container_id=None, rootless=False):
     """A V2Manager on root (the hybrid unified tree here), as manager_for makes on a v2 host."""
-    inner, explicit = cgroups.inner_path(linux, container_id or unique())
-    resources = cgroups.parse_resources(linux.get("resources") or {})
-    m = cgroups.V2Manager.for_container(inner, explicit, resources,
-                                        cgroups.default_device_rules(linux.get("devices") or []),
-                                        rootless, root=root)
+    inner, explicit = inner_path(linux, container_id or unique())
+    resources = parse_resources(linux.get("resources") or {})
+    m = V2Manager.for_container(inner, explicit, resources,
+                                default_device_rules(linux.get("devices") or []),
+                                rootless, root=root)
     if m is not None:
         lab.managers.append(m)
     return m
@@ -244,29 +249,29 @@ def remove_empty_parents(relative):
     ("/foo/bar/", "/foo/bar"), ("/foo/bar/../", "/foo"), ("//a//b", "/a/b"), ("a/./b/../c", "a/c"),
 ])
 def test_clean_path_is_runcs(given, expected):
-    assert cgroups.clean_path(given) == expected
+    assert clean_path(given) == expected
 
 
 def test_cgroups_path_defaults_to_the_container_id_and_refuses_the_root():
-    assert cgroups.inner_path({}, "web1") == ("web1", False)
-    assert cgroups.inner_path({"cgroupsPath": "/machine/../c1"}, "x") == ("/c1", True)
-    assert cgroups.inner_path({"cgroupsPath": "../../../up"}, "x") == ("up", True)
+    assert inner_path({}, "web1") == ("web1", False)
+    assert inner_path({"cgroupsPath": "/machine/../c1"}, "x") == ("/c1", True)
+    assert inner_path({"cgroupsPath": "../../../up"}, "x") == ("up", True)
     for bad in ("/", "a/.."):
         with pytest.raises(CgroupError, match="parent or root cgroup"):
-            cgroups.inner_path({"cgroupsPath": bad}, "x")
+            inner_path({"cgroupsPath": bad}, "x")
 
 
 def test_v2_conversions_are_runcs():
     # runc's TestConvertCPUSharesToCgroupV2Value / TestConvertBlkIOToIOWeightValue
-    assert [cgroups.shares_to_weight(s) for s in (0, 2, 1024, 262144)] == [0, 1, 39, 10000]
-    assert [cgroups.blkio_to_io_weight(w) for w in (0, 10, 1000)] == [0, 1, 10000]
+    assert [shares_to_weight(s) for s in (0, 2, 1024, 262144)] == [0, 1, 39, 10000]
+    assert [blkio_to_io_weight(w) for w in (0, 10, 1000)] == [0, 1, 10000]
     # runc's TestConvertMemorySwapToCgroupV2Value: (memory+swap, memory) -> memory.swap.max
     for swap, memory, expected in ((0, 0, 0), (-1, 0, -1), (-1, -1, -1), (-1, 1000, -1), (1000, 1000, 0),
                                    (500, 200, 300), (0, -1, -1)):
-        assert cgroups.swap_to_v2(swap, memory) == expected
+        assert swap_to_v2(swap, memory) == expected
     for swap, memory in ((-2, 0), (300, 400), (300, 0), (300, -300), (300, -1)):
         with pytest.raises(CgroupError):
-            cgroups.swap_to_v2(swap, memory)
+            swap_to_v2(swap, memory)
 
 
 @pytest.mark.parametrize("resources, field", [
@@ -287,32 +292,32 @@ def test_v2_conversions_are_runcs():
 ])
 def test_bad_resources_name_the_field(resources, field):
     with pytest.raises(CgroupError) as e:
-        cgroups.parse_resources(resources)
+        parse_resources(resources)
     assert field in str(e.value) and "\n" not in str(e.value)
 
 
 def test_device_rules_follow_runcs_emulator():
-    rule = cgroups.Rule
+    rule = Rule
     # allow-all, then a deny exception; an "a" rule resets everything
-    emu = cgroups.Emulator.from_rules([rule("a", -1, -1, "rwm", True), rule("b", 8, 0, "rwm", False)])
+    emu = Emulator.from_rules([rule("a", -1, -1, "rwm", True), rule("b", 8, 0, "rwm", False)])
     assert emu.default_allow and emu.rules == {("b", 8, 0): 7}
     # permissions merge, and removing part of a rule keeps the rest
-    emu = cgroups.Emulator.from_rules([rule("c", 1, 3, "r", True), rule("c", 1, 3, "w", True),
-                                       rule("c", 1, 3, "r", False)])
+    emu = Emulator.from_rules([rule("c", 1, 3, "r", True), rule("c", 1, 3, "w", True),
+                               rule("c", 1, 3, "r", False)])
     assert not emu.default_allow and emu.rules == {("c", 1, 3): 2}
     # the kernel cannot punch a hole in a wildcard exception: runc refuses, so do we
-    with pytest.raises(cgroups.DeviceRuleError, match="punch a hole"):
-        cgroups.Emulator.from_rules([rule("c", 1, -1, "rwm", True), rule("c", 1, 3, "r", False)])
+    with pytest.raises(DeviceRuleError, match="punch a hole"):
+        Emulator.from_rules([rule("c", 1, -1, "rwm", True), rule("c", 1, 3, "r", False)])
     # from an allow-all cgroup (what devices.list shows for a new child) runc writes a deny-all
     # first, then the allowed rules sorted by (major, minor, type)
-    current = cgroups.Emulator.from_list("a *:* rwm\n")
-    target = cgroups.Emulator.from_rules([rule("a", -1, -1, "rwm", False)] + cgroups.default_device_rules([]))
+    current = Emulator.from_list("a *:* rwm\n")
+    target = Emulator.from_rules([rule("a", -1, -1, "rwm", False)] + default_device_rules([]))
     assert [r.cgroup_string() for r in current.transition(target)] == [
         "a *:* rwm", "b *:* m", "c *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
         "c 5:0 rwm", "c 5:2 rwm", "c 10:200 rwm", "c 136:* rwm"]
     assert not current.transition(target)[0].allow
     # a config device replaces the default rule with the same path, as runc's createDevices does
-    assert rule("c", 1, 3, "rwm", True) not in cgroups.default_device_rules([{"path": "/dev/null"}])
+    assert rule("c", 1, 3, "rwm", True) not in default_device_rules([{"path": "/dev/null"}])
 
 
 # runc 1.1's libcontainer/cgroups/ebpf/devicefilter/devicefilter_test.go, expected programs
@@ -455,10 +460,10 @@ def _disassemble(program):
 
 @pytest.mark.parametrize("case", sorted(_RUNC_PROGRAMS))
 def test_v2_device_program_is_runcs(case):
-    from crate_runc import bpf
+    from crate_runc.cgroups import bpf
     rules, listing = _RUNC_PROGRAMS[case]
-    rules = cgroups.default_device_rules([]) if rules is None else [cgroups.Rule(*r) for r in rules]
-    emu = cgroups.Emulator.from_rules(rules)
+    rules = default_device_rules([]) if rules is None else [Rule(*r) for r in rules]
+    emu = Emulator.from_rules(rules)
     assert _disassemble(bpf.device_filter(emu.minimal_rules(), emu.default_allow)) == _parse_listing(listing)
 
 
@@ -848,9 +853,9 @@ def test_v1_rootless_uses_a_delegated_cgroup(v1_host, lab):
     # delegate /<top> in every v1 hierarchy, as an admin would: the directory and its procs files;
     # cpuset needs cpus and mems before anything can join below it
     top = unique()
-    controllers = sorted(name for name in cgroups.v1_mounts() if not name.startswith("name="))
+    controllers = sorted(name for name in v1_mounts() if not name.startswith("name="))
     for controller in controllers:
-        d = f"{cgroups.v1_mounts()[controller][0]}/{top}"
+        d = f"{v1_mounts()[controller][0]}/{top}"
         if os.path.isdir(d):
             continue   # co-mounted with one already done
         os.mkdir(d)
@@ -915,7 +920,7 @@ def test_v2_relative_path_starts_at_the_parent_of_the_own_cgroup(v2_tree, lab):
 
 @pytest.mark.root
 def test_v2_device_filter_is_enforced_and_replaced(v2_tree, lab):
-    from crate_runc import bpf
+    from crate_runc.cgroups import bpf
     device = block_device()
     if device is None:
         unavailable("no block device node to test the device filter with")
@@ -960,7 +965,7 @@ def test_v2_device_filter_is_enforced_and_replaced(v2_tree, lab):
 
 @pytest.mark.root
 def test_v2_limits_and_unified_values(v2_tree, lab):
-    sizes = cgroups.huge_page_sizes()
+    sizes = huge_page_sizes()
     m = v2_manager(lab, v2_tree, {"cgroupsPath": f"/{unique()}/c"})
     m.create()
     m.add(lab.child())
@@ -1012,9 +1017,9 @@ def test_v2_rootless_uses_a_delegated_subtree(v2_tree, lab):
         os.setgid(pwd.getpwnam(TEST_USER).pw_gid)
         os.setuid(uid)
         os.read(go_r, 1)   # wait to be moved into the session cgroup
-        inner, explicit = cgroups.inner_path({}, "ctr")
-        m = cgroups.V2Manager.for_container(inner, explicit, cgroups.parse_resources({}),
-                                            cgroups.default_device_rules([]), True, root=v2_tree)
+        inner, explicit = inner_path({}, "ctr")
+        m = V2Manager.for_container(inner, explicit, parse_resources({}),
+                                    default_device_rules([]), True, root=v2_tree)
         m.create()
         m.add(os.getpid())
         m.set_resources({"devices": [{"allow": False, "access": "rwm"}]})   # eBPF refused: ignored
@@ -1037,9 +1042,9 @@ def test_v2_rootless_uses_a_delegated_subtree(v2_tree, lab):
 @pytest.mark.root
 def test_v2_rootless_without_delegation(v2_tree):
     def attempt(linux):
-        inner, explicit = cgroups.inner_path(linux, "ctr")
-        return cgroups.V2Manager.for_container(inner, explicit, cgroups.parse_resources(linux.get("resources")),
-                                               [], True, root=v2_tree)
+        inner, explicit = inner_path(linux, "ctr")
+        return V2Manager.for_container(inner, explicit, parse_resources(linux.get("resources")),
+                                       [], True, root=v2_tree)
 
     assert _as_test_user(lambda: attempt({})) == {"ok": None}
     got = _as_test_user(lambda: attempt({"cgroupsPath": "/" + unique()}))

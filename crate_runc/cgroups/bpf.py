@@ -1,7 +1,7 @@
 """The cgroup v2 device filter: runc's eBPF program and the bpf(2) calls that attach it.
 
-Imported (with ctypes) only when crate_runc.cgroups sets device rules on cgroup v2. Errors are
-OSError(errno, "bpf <command>: <reason>"). Layouts are from include/uapi/linux/bpf.h.
+Imported (with ctypes) only when crate_runc.cgroups.devices attaches a device filter on cgroup v2.
+Errors are OSError(errno, "bpf <command>: <reason>"). Layouts are from include/uapi/linux/bpf.h.
 """
 import ctypes
 import os
