@@ -59,6 +59,9 @@ def setup(launch, sync):
     in_userns = plan.has("user")
     for number in EXIT_SIGNALS:
         _signal.signal(number, _exit_on_signal)
+    # fds the caller left open must not reach the container (only 0-2 and --preserve-fds); ours
+    # are all close-on-exec already. Done first: a seccomp filter may later forbid close_range
+    linux.cloexec_from(3 + launch.preserve_fds)
     os.setsid()
     if not launch.no_new_keyring:
         try:
@@ -134,7 +137,6 @@ def setup(launch, sync):
     env = environment(process.get("env", []))
     uid, gid = set_identity(process, plan, launch, env)
     path = find_executable(process["args"][0], env.get("PATH", ""))
-    linux.cloexec_from(3 + launch.preserve_fds)
     sync.send("ready")
     sync.close()
     wait_for_start(launch.fifo_fd, fd_dir)

@@ -140,7 +140,7 @@ class RootfsBuilder:
         # the config asks for another propagation
         propagation = PROPAGATION.get(linux_cfg.get("rootfsPropagation", ""), linux.MS_SLAVE | linux.MS_REC)
         linux.mount(None, "/", None, propagation)
-        self._make_parent_private()
+        self._make_parent_private(propagation)
         linux.mount(self.rootfs, self.rootfs, "bind", linux.MS_BIND | linux.MS_REC)
         for index, m in enumerate(self.config.get("mounts", [])):
             try:
@@ -152,18 +152,21 @@ class RootfsBuilder:
             self.create_devices(linux_cfg.get("devices", []))
             self._dev_symlinks()
 
-    def _make_parent_private(self):
-        """pivot_root refuses a rootfs whose parent mount is shared: make that mount private."""
-        best, best_opts = "/", ""
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                mountpoint = fields[4].replace("\\040", " ")
-                if (self.rootfs == mountpoint or self.rootfs.startswith(mountpoint.rstrip("/") + "/")) \
-                        and len(mountpoint) >= len(best):
-                    best, best_opts = mountpoint, " ".join(fields[6:fields.index("-")])
-        if "shared:" in best_opts:
-            linux.mount(None, best, None, linux.MS_PRIVATE)
+    def _make_parent_private(self, propagation):
+        """Make the mount holding the rootfs private (slave if asked for): pivot_root refuses a
+        shared parent, and a bind of the rootfs under a shared or unbindable parent would leak
+        to the host or fail. mount(2) says EINVAL for a path that is not a mount point, so walk
+        up to the one that is (runc's way)."""
+        flags = linux.MS_SLAVE if propagation & linux.MS_SLAVE else linux.MS_PRIVATE
+        path = self.rootfs
+        while True:
+            try:
+                linux.mount(None, path, None, flags)
+                return
+            except OSError as e:
+                if e.errno != 22 or path == "/":
+                    raise
+                path = os.path.dirname(path)
 
     # -- config.mounts
     def mount(self, m):
@@ -387,7 +390,7 @@ def finalize(config, in_userns):
     paths, read-only root."""
     linux_cfg = config.get("linux", {})
     propagation = PROPAGATION.get(linux_cfg.get("rootfsPropagation", ""), 0)
-    if propagation and not propagation & linux.MS_PRIVATE:
+    if propagation and not propagation & (linux.MS_PRIVATE | linux.MS_SLAVE):
         # applied to the new root, now that it is "/": doing it before the pivot would make
         # the bind mount of the rootfs propagate to the host (runc 1.2 does the same)
         linux.mount(None, "/", None, propagation)
