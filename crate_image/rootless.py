@@ -11,6 +11,7 @@ import pickle
 import pwd
 import grp
 import shutil
+import signal
 import subprocess
 import traceback
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ def unshare(flags):
     if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+class UsernsUnavailable(ImageError):
+    """The kernel or a sysctl refuses unprivileged user namespaces."""
 
 
 @dataclass(frozen=True)
@@ -145,17 +150,23 @@ def run(fn, *args, mount_ns=False, **kwargs):
     os.close(result_w)
     try:
         if os.read(ready_r, 1) != b"1":
-            raise ImageError("could not create a user namespace",
-                             "enable unprivileged user namespaces (sysctl user.max_user_namespaces)")
+            raise UsernsUnavailable("could not create a user namespace",
+                                    "enable unprivileged user namespaces (sysctl user.max_user_namespaces)")
         try:
             _write_maps(pid, uids, gids)
         except BaseException:
             os.write(go_w, b"0")
             raise
         os.write(go_w, b"1")
-        with os.fdopen(result_r, "rb") as f:
-            result_r = None
-            data = f.read()
+        try:
+            with os.fdopen(result_r, "rb") as f:
+                result_r = None
+                data = f.read()
+        except BaseException:
+            # a signal that reached only us (SIGTERM from a supervisor, Ctrl-C from a non-tty
+            # parent): pass it on so the helper cleans up as we would, then wait for it
+            os.kill(pid, signal.SIGTERM)
+            raise
     finally:
         for fd in (ready_r, go_w, result_r):
             if fd is not None:
@@ -169,11 +180,24 @@ def run(fn, *args, mount_ns=False, **kwargs):
     return value
 
 
+_warned = False
+
+
 def maybe(fn, *args, **kwargs):
-    """fn in a user namespace when rootless and not already in one; directly otherwise."""
-    if needed() and not in_userns():
+    """fn in a user namespace when rootless and not already in one; directly otherwise. Where user
+    namespaces are disabled, fn runs as the plain user: files then keep no owners but the user's
+    (as podman with ignore_chown_errors), and a warning says so once."""
+    global _warned
+    if not needed() or in_userns():
+        return fn(*args, **kwargs)
+    try:
         return run(fn, *args, **kwargs)
-    return fn(*args, **kwargs)
+    except UsernsUnavailable as e:
+        if not _warned:
+            import sys
+            sys.stderr.write(f"crate-image: warning: {e}; image files will all belong to you\n")
+            _warned = True
+        return fn(*args, **kwargs)
 
 
 def is_real_root():

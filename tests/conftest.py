@@ -558,7 +558,12 @@ class ImageCLI:
 @pytest.fixture
 def image_cli(tmp_path):
     """crate-image with a fresh store under tmp_path (CRATE_ROOT) and no outside credentials."""
-    return ImageCLI(tmp_path)
+    cli = ImageCLI(tmp_path)
+    yield cli
+    if os.geteuid() != 0 and os.path.isdir(cli.root):
+        # a rootless store holds files of subordinate ids: only the user namespace can delete them
+        from crate_image import rootless, store
+        rootless.maybe(store.remove_tree, cli.root)
 
 
 @pytest.fixture(scope="session")
