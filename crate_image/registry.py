@@ -145,11 +145,13 @@ class Client:
         return f"{self._scheme(endpoint)}://{endpoint.host}{path}"
 
     def request(self, endpoint, repository, method, path, headers=None, stream=False):
-        """An authenticated request with retries; follows redirects without our Authorization."""
+        """An authenticated request with retries; follows redirects without our Authorization.
+        A mirror gets two tries only: the registry behind it is the better fallback."""
         url = self.url(endpoint, path)
         key = (endpoint.host, repository)
         authenticated = False
-        for attempt in range(ATTEMPTS):
+        attempts = 2 if endpoint.is_mirror else ATTEMPTS
+        for attempt in range(attempts):
             hdrs = dict(headers or {})
             with self._lock:
                 if key in self._authz:
@@ -158,7 +160,7 @@ class Client:
                 r = self._send(method, url, hdrs, stream=stream, verify=not endpoint.insecure)
                 r = self._follow(r, method, headers or {}, stream, endpoint)
             except _NETWORK_ERRORS as e:
-                if attempt == ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise RegistryError(f"{method} {url} failed: {_short(e)}", "check that the registry is up and retry")
                 self._note(f"retrying {url} after {_short(e)}")
                 time.sleep(backoff(attempt))
@@ -166,10 +168,11 @@ class Client:
             if r.status_code == 401 and not authenticated:
                 challenge = r.headers.get("WWW-Authenticate", "")
                 r.close()
-                self._authenticate(endpoint, repository, challenge)
+                # a token we sent was refused (expired early, revoked): fetch a new one, not the cache's
+                self._authenticate(endpoint, repository, challenge, fresh="Authorization" in hdrs)
                 authenticated = True
                 continue
-            if r.status_code in RETRY_STATUS and attempt < ATTEMPTS - 1:
+            if r.status_code in RETRY_STATUS and attempt < attempts - 1:
                 wait = backoff(attempt, r.headers.get("Retry-After"))
                 r.close()
                 self._note(f"registry answered {r.status_code} for {url}; retrying in {wait:.1f}s")
@@ -197,7 +200,7 @@ class Client:
         return r
 
     # ---------------------------------------------------------------- auth
-    def _authenticate(self, endpoint, repository, challenge):
+    def _authenticate(self, endpoint, repository, challenge, fresh=False):
         scheme, params = parse_challenge(challenge)
         registry = endpoint.registry
         creds = self.credentials(registry)
@@ -206,14 +209,14 @@ class Client:
                 raise AuthError(f"{registry} requires a login", f"run crate-image login {registry}")
             value = requests.auth._basic_auth_str(creds.username, creds.password or "")
         elif scheme == "bearer":
-            value = "Bearer " + self._token(params, repository, creds, registry)
+            value = "Bearer " + self._token(params, repository, creds, registry, fresh)
         else:
             raise AuthError(f"{registry} answered 401 with an unsupported challenge {challenge!r}",
                             "crate-image supports Basic and Bearer authentication")
         with self._lock:
             self._authz[(endpoint.host, repository)] = value
 
-    def _token(self, params, repository, creds, registry):
+    def _token(self, params, repository, creds, registry, fresh=False):
         realm = params.get("realm")
         if not realm:
             raise AuthError(f"{registry} sent a Bearer challenge without a realm", "check the registry's auth setup")
@@ -222,7 +225,7 @@ class Client:
         who = creds.username or ("token" if creds.identity_token else "")
         key = (realm, service, scope, who)
         with self._lock:
-            cached = self._tokens.get(key)
+            cached = None if fresh else self._tokens.get(key)
             if cached and cached[1] > time.monotonic():
                 return cached[0]
         query = {k: v for k, v in (("service", service), ("scope", scope)) if v}

@@ -302,3 +302,28 @@ def test_interrupted_pull_leaves_nothing_half_made(image_cli, faulty_proxy, busy
     assert stored_refs(image_cli) == {}
     assert os.listdir(os.path.join(image_cli.root, "tmp")) == []
     assert os.listdir(os.path.join(image_cli.root, "layers", "sha256")) == []
+
+
+def test_prune_waits_for_a_running_pull(image_cli, faulty_proxy, busybox_refs):
+    faulty_proxy.mode = "slow"
+    ref = f"{faulty_proxy.host}/library/busybox:oci"
+    pull = subprocess.Popen(["crate-image", "pull", "-q", ref], env=image_cli.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not any("/blobs/" in p and "sha256:" in p for _, p, _ in faulty_proxy.log):
+        assert time.monotonic() < deadline and pull.poll() is None
+        time.sleep(0.05)
+    prune = image_cli("prune")  # blocks on the store's gc lock until the pull is done
+    assert pull.wait(60) == 0, pull.stderr.read()
+    pull.stdout.close()
+    pull.stderr.close()
+    assert prune.stdout.startswith("Deleted 0 blobs and 0 extracted layers")
+    assert ref in stored_refs(image_cli)
+    assert_store_verifies(image_cli)
+
+
+def test_a_mirror_that_is_down_falls_back_to_the_registry(image_cli, registry, busybox_refs):
+    with open(image_cli.registries_conf, "w") as f:
+        f.write(f'[registries."{registry.host}"]\nmirrors = ["127.0.0.1:1"]\n')
+    image_cli("pull", busybox_refs["v2s2"], timeout=120)
+    assert busybox_refs["v2s2"] in stored_refs(image_cli)
