@@ -74,8 +74,13 @@ def image(reference, *, root=None, extract=True):
     name, desc = store.lookup(reference)
     manifest = store.read_json(desc["digest"])
     if "manifests" in manifest:
-        raise ImageError(f"{reference} names an index in the store, not an image",
-                         "pull it with crate-image pull to choose a platform")
+        # a multi-platform index (skopeo copy --all writes those): this host's image in it
+        chosen = platforms.select(manifest, platforms.host(), reference)
+        if not store.has_blob(chosen["digest"]):
+            raise NotFound(f"{reference}: the index lists {chosen['digest']} for this platform but the store "
+                           "lacks it", f"pull it: crate-image pull {reference}")
+        desc = dict(chosen, annotations=desc.get("annotations"))
+        manifest = store.read_json(chosen["digest"])
     config = store.read_json(manifest["config"]["digest"])
     dirs = [store.layer_dir(d) for d in check_config(config, manifest, reference)]
     if extract and not all(os.path.isdir(d) for d in dirs):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import crate_schemas
 import oci_images
 
 pytestmark = pytest.mark.registry
@@ -56,6 +57,10 @@ def test_pull_every_manifest_kind_into_an_oci_layout(image_cli, busybox_refs, ta
     assert refs[ref]["platform"] == {"architecture": "amd64", "os": "linux"}
     with open(os.path.join(image_cli.root, "oci", "oci-layout")) as f:
         assert json.load(f) == {"imageLayoutVersion": "1.0.0"}
+    # the layout's documents are valid against the vendored image-spec schemas
+    assert crate_schemas.first_error(store_index(image_cli), "image-index") is None
+    with open(os.path.join(image_cli.root, "oci", "blobs", "sha256", refs[ref]["digest"][7:])) as f:
+        assert crate_schemas.first_error(json.load(f), "image-manifest") is None
     assert_store_verifies(image_cli)
     assert marker(image_cli, ref, tmp_path) == "amd64"
     # the OCI layout is readable by skopeo and umoci
@@ -231,6 +236,13 @@ def test_a_layout_written_by_skopeo_is_usable(image_cli, busybox_refs, tmp_path)
     assert marker(image_cli, "mybusybox", tmp_path) == "amd64"
     info = json.loads(image_cli("inspect", "mybusybox").stdout)
     assert info["Os"] == "linux" and info["Architecture"] == "amd64"
+    # skopeo copy --all keeps the whole index: crate takes this host's image from it
+    copy = subprocess.run(["skopeo", "--insecure-policy", "copy", "--all", "--src-tls-verify=false",
+                           f"docker://{busybox_refs['oci-index']}", f"oci:{layout}:multi"],
+                          capture_output=True, text=True)
+    assert copy.returncode == 0, copy.stderr
+    assert marker(image_cli, "multi", tmp_path) == "amd64"
+    assert json.loads(image_cli("inspect", "multi").stdout)["Architecture"] == "amd64"
 
 
 def test_images_and_inspect_output(image_cli, busybox_refs):
