@@ -26,9 +26,10 @@ image id), config (dict), manifest (dict), layer_dirs (extracted layers, lowest 
 lower dirs), platform. api.Bundle: path, rootfs, mode ("overlay"/"copy"), rootless, config, image.
 
 Modules, one concern each: reference (docker grammar), platform (host, --platform, index
-selection), auth (credential files and helpers), config (store root, registries.toml),
-registry (distribution v2 client), store (OCI layout, refs, prune), compression and tar (layer
-streams), layer (safe extraction, whiteouts), pull (one-pass parallel pull), bundle (image config
--> runtime config, overlay), rootless (user namespace helper), progress, api, cli.
+selection), auth (credential files and helpers), config (store root, registries.toml), registry
+(distribution v2 client), store (OCI layout, refs, prune), compression and tar (layer streams),
+inroot (paths resolved inside a root), layer (safe extraction, whiteouts), pull (one-pass
+parallel pull), bundle (image config -> runtime config, overlay), rootless (user namespace
+helper), progress, api, cli.
 """
 __version__ = "0.1.0"

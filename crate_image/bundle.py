@@ -17,7 +17,7 @@ import os
 import re
 
 from crate_image.errors import ImageError
-from crate_image.layer import read_file_in_root
+from crate_image.inroot import read_file_in_root
 from crate_image.rootless import id_maps
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -14,7 +14,6 @@ the root is refused, absolute names are taken relative to the root, a hardlink m
 file already inside the target, device nodes are skipped unless we are real root, and overlay
 xattrs inside a layer are dropped so an image cannot steer the overlay mount.
 """
-import ctypes
 import errno
 import os
 import stat
@@ -22,6 +21,7 @@ import stat
 from crate_image import tar
 from crate_image.compression import LayerStream, detect, file_chunks
 from crate_image.errors import DigestMismatch, ImageError, UnsafeLayer
+from crate_image.inroot import walk_open, clean_name, open_in_root, read_file_in_root
 from crate_image.rootless import is_real_root
 
 __all__ = ["Extractor", "LayerStream", "detect", "file_chunks", "open_in_root", "read_file_in_root",
@@ -30,135 +30,6 @@ WHITEOUT_PREFIX = ".wh."
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read, not changed: open() modes are masked by it
 OPAQUE = ".wh..wh..opq"
-
-
-# ------------------------------------------------------------------ path resolution inside a root
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-_SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_openat2_works = None
-
-
-def _openat2(dirfd, path, flags):
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return fd
-
-
-def _walk_open(rootfd, parts, flags, depth=0, create_dirs=False):
-    """openat2 fallback: open a path inside rootfd, following symlinks as if rootfd were '/'.
-    create_dirs: make missing directories on the way (where symlinks lead, inside the root)."""
-    if depth > 40:
-        raise OSError(errno.ELOOP, "too many symlinks")
-    stack = []  # fds of the directories walked so far (for '..')
-    fd = os.dup(rootfd)
-    try:
-        todo = list(parts)
-        while todo:
-            name = todo.pop(0)
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if stack:
-                    os.close(fd)
-                    fd = stack.pop()
-                continue
-            last = not todo
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if create_dirs:
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                elif last:
-                    nfd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                    os.close(fd)
-                    fd = nfd
-                    break
-                else:
-                    raise
-            if stat.S_ISLNK(st.st_mode) and (not last or not flags & os.O_NOFOLLOW):
-                target = os.readlink(name, dir_fd=fd)
-                if target.startswith("/"):
-                    for f in stack:
-                        os.close(f)
-                    stack = []
-                    os.close(fd)
-                    fd = os.dup(rootfd)
-                todo = target.split("/") + todo
-                depth += 1
-                if depth > 40:
-                    raise OSError(errno.ELOOP, "too many symlinks")
-                continue
-            nfd = os.open(name, (flags if last else os.O_PATH | os.O_DIRECTORY) | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=fd)
-            stack.append(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-    finally:
-        for f in stack:
-            os.close(f)
-
-
-def open_in_root(rootfd, relpath, flags):
-    """Open relpath with symlinks resolved as if rootfd were '/': nothing outside is reachable."""
-    global _openat2_works
-    if _openat2_works is not False:
-        try:
-            fd = _openat2(rootfd, relpath or ".", flags)
-            _openat2_works = True
-            return fd
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_works:
-                raise
-            _openat2_works = False  # no openat2 here (or blocked by seccomp): walk by hand
-    return _walk_open(rootfd, relpath.split("/") if relpath else [], flags)
-
-
-def read_file_in_root(root, relpath, limit=1 << 20):
-    """Contents of a file of an unpacked image (e.g. /etc/passwd) or None; never leaves root."""
-    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = open_in_root(rootfd, relpath.lstrip("/"), os.O_RDONLY)
-    except OSError:
-        return None
-    finally:
-        os.close(rootfd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
-def clean_name(name):
-    """A tar member name as a root-relative path; UnsafeLayer if '..' climbs out of the root."""
-    parts = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                raise UnsafeLayer(f"layer entry {name!r} points outside the root",
-                                  "the image is malformed or hostile; nothing was written outside the target")
-            parts.pop()
-            continue
-        parts.append(part)
-    return "/".join(parts)
 
 
 # ------------------------------------------------------------------ extraction
@@ -242,7 +113,7 @@ class Extractor:
         """Create missing parents (0755, as tar does) inside the root. Symlinks on the way are
         followed inside the root (their targets are created there), as umoci and docker do."""
         try:
-            os.close(_walk_open(self.rootfd, relpath.split("/"), os.O_RDONLY | os.O_DIRECTORY, create_dirs=True))
+            os.close(walk_open(self.rootfd, relpath.split("/"), os.O_RDONLY | os.O_DIRECTORY, create_dirs=True))
         except NotADirectoryError:
             # a regular file where a parent should be: a directory replaces it, as tar does
             done = ""
