@@ -53,6 +53,15 @@ def snapshot(path):
     return sorted(oci_images.list_tree(str(path))) if os.path.exists(path) else None
 
 
+@pytest.fixture(params=["openat2", "walk"])
+def resolver(request, monkeypatch):
+    """Both ways of resolving paths inside the root: openat2(RESOLVE_IN_ROOT) and the by-hand walk
+    used where openat2 is missing."""
+    from crate_image import inroot
+    monkeypatch.setattr(inroot, "_openat2_works", None if request.param == "openat2" else False)
+    return request.param
+
+
 @pytest.fixture
 def outside(tmp_path):
     """A directory outside the extraction target that must stay exactly as it is."""
@@ -64,7 +73,7 @@ def outside(tmp_path):
 
 @pytest.mark.parametrize("mode", ["layer", "flat"])
 @pytest.mark.parametrize("name", ["../escape.txt", "a/../../escape.txt", "./../../escape.txt"])
-def test_dotdot_is_refused(tmp_path, outside, mode, name):
+def test_dotdot_is_refused(tmp_path, resolver, outside, mode, name):
     before = snapshot(tmp_path)
     with pytest.raises(UnsafeLayer, match="points outside the root"):
         extract(tmp_path / "target", tar_of(("a", "dir", None), (name, "file", None)), mode)
@@ -74,7 +83,7 @@ def test_dotdot_is_refused(tmp_path, outside, mode, name):
 
 
 @pytest.mark.parametrize("mode", ["layer", "flat"])
-def test_absolute_names_stay_inside(tmp_path, outside, mode):
+def test_absolute_names_stay_inside(tmp_path, resolver, outside, mode):
     target = tmp_path / "target"
     before = snapshot(outside)
     extract(target, tar_of((f"{outside}/abs.txt", "file", None)), mode)
@@ -84,7 +93,7 @@ def test_absolute_names_stay_inside(tmp_path, outside, mode):
 
 @pytest.mark.parametrize("mode", ["layer", "flat"])
 @pytest.mark.parametrize("link", ["absolute", "relative"])
-def test_symlink_then_file_through_it_stays_inside(tmp_path, outside, mode, link):
+def test_symlink_then_file_through_it_stays_inside(tmp_path, resolver, outside, mode, link):
     target = tmp_path / "target"
     before = snapshot(outside)
     dest = str(outside) if link == "absolute" else "../" * 12 + str(outside).lstrip("/")
@@ -98,7 +107,7 @@ def test_symlink_then_file_through_it_stays_inside(tmp_path, outside, mode, link
 
 @pytest.mark.parametrize("mode", ["layer", "flat"])
 @pytest.mark.parametrize("linkname", ["/etc/shadow", "../../../../../../etc/shadow", "etc/shadow"])
-def test_hardlink_to_outside_is_refused(tmp_path, mode, linkname):
+def test_hardlink_to_outside_is_refused(tmp_path, resolver, mode, linkname):
     shadow = os.stat("/etc/shadow") if os.path.exists("/etc/shadow") else os.stat("/etc/passwd")
     with pytest.raises(UnsafeLayer):
         extract(tmp_path / "target", tar_of(("shadow", "hardlink", linkname)), mode)
@@ -110,7 +119,7 @@ def test_hardlink_to_outside_is_refused(tmp_path, mode, linkname):
             assert (st.st_dev, st.st_ino) != (shadow.st_dev, shadow.st_ino)
 
 
-def test_hardlink_through_a_symlinked_parent_stays_inside(tmp_path, outside):
+def test_hardlink_through_a_symlinked_parent_stays_inside(tmp_path, resolver, outside):
     (outside / "secret").write_text("secret\n")
     target = tmp_path / "target"
     with pytest.raises(UnsafeLayer):
