@@ -7,8 +7,11 @@ directory, cgroup, mount or process behind.
 import os
 import time
 
-from crate_runc import Error, SPEC_VERSION, hooks, log, namespaces, signals, spawn, spec, state
+from crate_runc import Error, SPEC_VERSION, log, signals, spec, state
 from crate_runc.state import Container
+
+# create and run also need namespaces, spawn (which brings the init side and ctypes) and hooks;
+# they are imported where used so that state, kill and delete start faster
 
 
 class Launch:
@@ -72,6 +75,7 @@ def write_pid_file(path, pid):
 def create(root, container_id, bundle, pid_file=None, console_socket=None, console_sock=None,
            preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None, config=None):
     """Create a container whose init waits on exec.fifo -> the Container."""
+    from crate_runc import hooks, namespaces, spawn
     state.check_id(container_id)
     bundle = os.path.abspath(bundle or ".")
     config = config or spec.load(bundle)
@@ -163,14 +167,22 @@ def start(root, container_id):
             raise Error(f"cannot start container {container_id!r}: its config.json has no process; "
                         "delete it and create it from a config with a process")
         release(container)
-    hook_state = {"ociVersion": SPEC_VERSION, "id": container_id, "status": "running", "pid": container.pid,
-                  "bundle": container.data["bundle"], "annotations": config.get("annotations", {})}
-    for index, hook in enumerate(config.get("hooks", {}).get("poststart", [])):
-        try:
-            hooks.run_one(hook, spec.fastjson.dumps(hook_state), "poststart", index)
-        except Error as e:  # runtime-spec: a failed poststart hook is a warning
-            log.warning(str(e))
+    run_hooks_warning_only(config, "poststart", container, "running")
     return container
+
+
+def run_hooks_warning_only(config, phase, container, status):
+    """poststart and poststop: the runtime-spec makes a failing hook a warning, not an error."""
+    if not config.get("hooks", {}).get(phase):
+        return
+    from crate_runc import hooks
+    hook_state = {"ociVersion": SPEC_VERSION, "id": container.id, "status": status, "pid": container.pid,
+                  "bundle": container.data.get("bundle", ""), "annotations": config.get("annotations", {})}
+    for index, hook in enumerate(config["hooks"][phase]):
+        try:
+            hooks.run_one(hook, spec.fastjson.dumps(hook_state), phase, index)
+        except Error as e:
+            log.warning(str(e))
 
 
 def release(container):
@@ -269,14 +281,7 @@ def destroy(container, cgroup):
             # without its own pid namespace nothing killed the init's children with it
             _signal_each(cgroup.pids(), signals.SIGKILL)
         cgroup.destroy()
-    config = load_config(container)
-    hook_state = {"ociVersion": SPEC_VERSION, "id": container.id, "status": "stopped", "pid": container.pid,
-                  "bundle": container.data.get("bundle", ""), "annotations": config.get("annotations", {})}
-    for index, hook in enumerate(config.get("hooks", {}).get("poststop", [])):
-        try:
-            hooks.run_one(hook, spec.fastjson.dumps(hook_state), "poststop", index)
-        except Error as e:  # runtime-spec: a failed poststop hook is a warning
-            log.warning(str(e))
+    run_hooks_warning_only(load_config(container), "poststop", container, "stopped")
     container.remove()
 
 

@@ -18,7 +18,7 @@ Stage 1 and the init talk to the parent over two pipes with one-line messages:
 import os
 import sys
 
-from crate_runc import Error, linux, namespaces
+from crate_runc import Error, init, linux, namespaces  # init: loaded before fork, shared by the children
 
 
 class Sync:
@@ -91,11 +91,11 @@ def start_init(launch, on_hooks, on_seccomp_listener):
     sys.stdout.flush()
     sys.stderr.flush()
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-    stage1_pid = os.fork()
+    stage1_pid, cloned = fork_stage1(launch.cgroup)
     if stage1_pid == 0:
         sync.as_child()
         try:
-            stage1(launch, sync)
+            stage1(launch, sync, cloned)
         except BaseException as e:  # noqa: B902 - report everything to the parent
             sync.send_error(e)
         os._exit(1)
@@ -148,10 +148,29 @@ def reap(pid):
         return None
 
 
-def stage1(launch, sync):
+def fork_stage1(cgroup):
+    """Fork stage 1 -> (pid or 0 in the child, whether it was born in the cgroup2 hierarchy).
+
+    Cloning straight into the container's cgroup2 directory spares the slow migration there; the
+    v1 hierarchies are joined cheaply by stage 1 itself (cgroups.Manager.enter)."""
+    target = cgroup.fork_target() if cgroup is not None else None
+    if target:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return linux.fork_into_cgroup(fd), True
+        except OSError:
+            pass  # an older kernel: a plain fork, then a migration
+        finally:
+            os.close(fd)
+    return os.fork(), False
+
+
+def stage1(launch, sync, cloned):
     plan = launch.plan
     if launch.cgroup is not None:
-        launch.cgroup.add(os.getpid())  # before any new cgroup namespace, which would hide the target
+        # in the cgroups before anything else (the init inherits them), before any new cgroup
+        # namespace, which would hide them
+        launch.cgroup.enter(skip_v2=cloned)
     joins = plan.open_joins()
     for kind, fd in joins:
         if kind == "user":
@@ -174,7 +193,6 @@ def stage1(launch, sync):
         linux.unshare(plan.new_flags)
     init_pid = os.fork()
     if init_pid == 0:
-        from crate_runc import init
         init.run(launch, sync)
     sync.send(f"pid {init_pid}")
     os._exit(0)

@@ -47,9 +47,10 @@ def test_create_start_state_kill_delete(runtime, tmp_path, busybox_rootfs):
     assert (tmp_path / "out").read_text() == ""
     with open(f"/proc/{pid}/status") as f:
         assert "NSpid:" in f.read()
-    # it is in its cgroups and namespaces already
+    # it is in its cgroups (every hierarchy, cgroup2 included) and namespaces already
     with open(f"/proc/{pid}/cgroup") as f:
-        assert cgroups_path_for(bundle) in f.read()
+        memberships = [line.rstrip("\n").split(":", 2) for line in f]
+    assert memberships and all(path == cgroups_path_for(bundle) for _, _, path in memberships), memberships
     assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     started = time.monotonic()

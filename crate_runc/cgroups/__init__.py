@@ -16,6 +16,11 @@ container's init, which may be in other namespaces or past pivot_root):
                                     removes what it made
     m.add(pid)                      move pid into every hierarchy (v1: each controller and the hybrid
                                     unified tree; v2: the one cgroup)
+    m.fork_target() -> str | None   the cgroup2 directory (v2, or hybrid's unified) a child can be
+                                    cloned straight into with CLONE_INTO_CGROUP
+    m.enter(skip_v2=False)          move the calling single-threaded process in (v1 through `tasks`,
+                                    which skips the kernel's slow global lock); skip_v2 when it was
+                                    cloned into fork_target() already
     m.set_resources(resources, update=False)
                                     write linux.resources. Device rules (plus runc's default allowed
                                     devices) are applied unless update=True: `crate-runc update`
@@ -85,6 +90,12 @@ class Manager:
         raise NotImplementedError
 
     def add(self, pid):
+        raise NotImplementedError
+
+    def fork_target(self):
+        raise NotImplementedError
+
+    def enter(self, skip_v2=False):
         raise NotImplementedError
 
     def set_resources(self, resources, update=False):

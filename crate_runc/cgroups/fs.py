@@ -81,6 +81,17 @@ def write_pid(directory, pid):
         os.close(fd)
 
 
+def write_self(directory, name):
+    """Move the calling process into the cgroup by writing "0" to `name` (cgroup.procs, or v1's
+    tasks: for the calling, single-threaded process the kernel then skips its global
+    threadgroup lock and the RCU grace period it waits out). Raises OSError."""
+    fd = os.open(f"{directory}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def procs(directory):
     try:
         return [int(line) for line in read(directory, "cgroup.procs").split()]

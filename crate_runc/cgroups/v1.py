@@ -201,6 +201,34 @@ class V1Manager(Manager):
                 raise CgroupError(f"cannot move pid {pid} into cgroup {path}: {os.strerror(e.errno)}"
                                   + self._permission_hint(e)) from None
 
+    def fork_target(self):
+        """The hybrid cgroup2 directory a new process can be cloned straight into, or None."""
+        return self.paths.get("")
+
+    def enter(self, skip_v2=False):
+        """Move the calling single-threaded process into every hierarchy (skip_v2: it was cloned
+        into the cgroup2 one already). v1 hierarchies take "0" on `tasks`, which moves only the
+        caller's thread and so avoids the kernel's slow global lock; the process must have no
+        other threads."""
+        for path, names in self._distinct():
+            if names == [""]:
+                if skip_v2:
+                    continue
+                try:
+                    fs.write_self(path, "cgroup.procs")
+                except OSError as e:
+                    if not self._tolerate(names, e):
+                        raise CgroupError(f"cannot join cgroup {path}: {os.strerror(e.errno)}"
+                                          + self._permission_hint(e)) from None
+                continue
+            try:
+                fs.write_self(path, "tasks")
+            except OSError as e:
+                if self._tolerate(names, e):
+                    continue
+                raise CgroupError(f"cannot join cgroup {path}: {os.strerror(e.errno)}"
+                                  + self._permission_hint(e)) from None
+
     # ------------------------------------------------------------ resources
     def need(self, name, field):
         """The directory of controller name, or a CgroupError saying why field cannot be set."""

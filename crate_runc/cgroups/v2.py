@@ -143,6 +143,19 @@ class V2Manager(Manager):
                 hint = "; run as root or delegate the cgroup (and its common ancestor) to this user"
             raise CgroupError(f"cannot move pid {pid} into cgroup {self.path}: {os.strerror(e.errno)}{hint}") from None
 
+    def fork_target(self):
+        """The directory a new process can be cloned straight into (CLONE_INTO_CGROUP)."""
+        return self.path
+
+    def enter(self, skip_v2=False):
+        """Move the calling process into the cgroup, unless it was cloned into it (skip_v2)."""
+        if skip_v2:
+            return
+        try:
+            fs.write_self(self.path, "cgroup.procs")
+        except OSError as e:
+            raise CgroupError(f"cannot join cgroup {self.path}: {os.strerror(e.errno)}") from None
+
     # ------------------------------------------------------------ resources
     def set_resources(self, resources, update=False):
         from crate_runc.cgroups import v2_resources
