@@ -164,13 +164,16 @@ _python = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL, like os
 _python.syscall.restype = ctypes.c_long
 
 
-def fork_into_cgroup(cgroup_dir_fd):
-    """os.fork(), but the child starts life in the cgroup2 directory `cgroup_dir_fd` (clone3 with
-    CLONE_INTO_CGROUP, Linux 5.7): no migration, so none of the global lock and RCU grace period
-    (~10 ms here) that moving a process costs. Python's own fork bookkeeping runs around it as
-    in os.fork; the caller must be single-threaded. OSError (e.g. ENOSYS, EINVAL) when the kernel
-    cannot: fall back to os.fork and a migration."""
-    args = _CloneArgs(flags=_CLONE_INTO_CGROUP, exit_signal=17, cgroup=cgroup_dir_fd)  # SIGCHLD
+def clone(namespace_flags=0, cgroup_dir_fd=None):
+    """os.fork() through clone3: the child starts in new namespaces (CLONE_NEW* flags) and, given
+    a cgroup2 directory fd, in that cgroup (CLONE_INTO_CGROUP, Linux 5.7): no migration, so none
+    of the global lock and RCU grace period (~10 ms here) that moving a process costs. Python's
+    own fork bookkeeping runs around it as in os.fork; the caller must be single-threaded.
+    OSError (ENOSYS, EINVAL...) when the kernel cannot: fall back to os.fork and unshare."""
+    flags = namespace_flags
+    if cgroup_dir_fd is not None:
+        flags |= _CLONE_INTO_CGROUP
+    args = _CloneArgs(flags=flags, exit_signal=17, cgroup=cgroup_dir_fd or 0)  # SIGCHLD
     ctypes.pythonapi.PyOS_BeforeFork()
     pid = _python.syscall(_NR["clone3"], ctypes.byref(args), ctypes.sizeof(args))
     err = ctypes.get_errno()
@@ -179,7 +182,7 @@ def fork_into_cgroup(cgroup_dir_fd):
         return 0
     ctypes.pythonapi.PyOS_AfterFork_Parent()
     if pid < 0:
-        raise OSError(err, f"clone3 into cgroup: {os.strerror(err)}")
+        raise OSError(err, f"clone3: {os.strerror(err)}")
     return pid
 
 
@@ -213,12 +216,18 @@ def capget():
                  for f in ("effective", "permitted", "inheritable"))
 
 
+_last_cap = []
+
+
 def last_cap():
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
-        return 40
+    """The highest capability number this kernel knows (read once)."""
+    if not _last_cap:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _last_cap.append(int(f.read()))
+        except OSError:
+            _last_cap.append(40)
+    return _last_cap[0]
 
 
 # network interface flags through ioctl on a datagram socket (bringing up lo in a new netns)

@@ -1,12 +1,16 @@
 """Parent side of `create`: fork, enter namespaces, hand the container init its pid namespace.
 
-    crate-runc (parent) ── fork ──> stage 1: join the cgroup and namespaces given by path,
+    crate-runc (parent) ── clone3(CLONE_NEW*, CLONE_INTO_CGROUP) ──> init (pid 1 in its new pid ns)
+
+when every namespace is new. When some are joined by path, a stage 1 process comes first:
+
+    crate-runc (parent) ── fork ──> stage 1: join the cgroups and the namespaces given by path,
                                     unshare the user namespace (the parent writes its id maps),
                                     unshare the others ── fork ──> init (pid 1 in a new pid ns)
                                     reports the init's pid and exits
 
-Only children of a process that unshared CLONE_NEWPID enter the new pid namespace, hence the
-second fork. Python is single-threaded here, so plain fork + unshare is safe (runc needs C for
+Only children of a process that joins or unshares a pid namespace enter it, hence the second
+fork. Python is single-threaded here, so plain fork/clone + unshare is safe (runc needs C for
 this because Go is multithreaded). The parent is a child subreaper, so the init becomes its
 child once stage 1 exits: `run` can wait for it and a failed create can reap it.
 
@@ -81,7 +85,7 @@ class Sync:
 
 
 def start_init(launch, on_hooks, on_seccomp_listener):
-    """Fork the container init and drive it until it is ready -> its host pid.
+    """Start the container init and drive it until it is ready -> its host pid.
 
     `on_hooks(pid)` runs the prestart and createRuntime hooks when the init asks for them, and
     `on_seccomp_listener(pid, fd)` gets the seccomp notify fd (copied from the init). On any
@@ -91,24 +95,16 @@ def start_init(launch, on_hooks, on_seccomp_listener):
     sys.stdout.flush()
     sys.stderr.flush()
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-    stage1_pid, cloned = fork_stage1(launch.cgroup)
-    if stage1_pid == 0:
-        sync.as_child()
-        try:
-            stage1(launch, sync, cloned)
-        except BaseException as e:  # noqa: B902 - report everything to the parent
-            sync.send_error(e)
-        os._exit(1)
+    child, init_pid = spawn_children(launch, sync)
     sync.as_parent()
-    init_pid = None
     try:
         while True:
             line = sync.receive()
             if line is None:
                 raise Error("the container init exited during set-up without saying why")
             kind, _, argument = line.partition(" ")
-            if kind == "userns":
-                namespaces.write_id_maps(stage1_pid, launch.plan.uid_mappings, launch.plan.gid_mappings)
+            if kind == "userns":  # from our direct child, which made the user namespace
+                namespaces.write_id_maps(child, launch.plan.uid_mappings, launch.plan.gid_mappings)
                 sync.reply(b"m")
             elif kind == "pid":
                 init_pid = int(argument)
@@ -127,17 +123,17 @@ def start_init(launch, on_hooks, on_seccomp_listener):
             elif kind == "error":
                 raise Error(argument)
     except BaseException:
-        for pid in (init_pid, stage1_pid):
-            if pid:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        for pid in {init_pid, child} - {None}:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         if init_pid:
             reap(init_pid)
         raise
     finally:
-        reap(stage1_pid)
+        if child != init_pid:
+            reap(child)
         sync.close_parent()
 
 
@@ -148,40 +144,88 @@ def reap(pid):
         return None
 
 
-def fork_stage1(cgroup):
-    """Fork stage 1 -> (pid or 0 in the child, whether it was born in the cgroup2 hierarchy).
+def spawn_children(launch, sync):
+    """Start the init -> (our direct child, the init's pid or None until stage 1 reports it).
 
-    Cloning straight into the container's cgroup2 directory spares the slow migration there; the
-    v1 hierarchies are joined cheaply by stage 1 itself (cgroups.Manager.enter)."""
-    target = cgroup.fork_target() if cgroup is not None else None
-    if target:
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return linux.fork_into_cgroup(fd), True
-        except OSError:
-            pass  # an older kernel: a plain fork, then a migration
-        finally:
-            os.close(fd)
-    return os.fork(), False
+    With no namespace to join, one clone3 makes the init in all its new namespaces (and its
+    cgroup2 cgroup) at once. Joining namespaces by path needs stage 1 first: a pid namespace
+    one joins applies only to children, and the user namespace must be joined before the rest.
+    """
+    plan = launch.plan
+    target = launch.cgroup.fork_target() if launch.cgroup is not None else None
+    cgroup_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if target else None
+    try:
+        if not plan.join:
+            flags = (plan.new_flags & ~linux.CLONE_NEWCGROUP) | (linux.CLONE_NEWUSER if plan.new_user else 0)
+            try:
+                pid = linux.clone(flags, cgroup_fd)
+            except OSError:
+                pass  # an older kernel: stage 1 below
+            else:
+                if pid == 0:
+                    run_child(sync, lambda: init_prologue(launch, sync, cloned=cgroup_fd is not None))
+                return pid, pid
+        pid, cloned = 0, False
+        if cgroup_fd is not None:
+            try:
+                pid, cloned = linux.clone(0, cgroup_fd), True
+            except OSError:
+                pid = os.fork()  # an older kernel: a plain fork, then a migration
+        else:
+            pid = os.fork()
+        if pid == 0:
+            run_child(sync, lambda: stage1(launch, sync, cloned))
+        return pid, None
+    finally:
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)
+
+
+def run_child(sync, body):
+    """A child's whole life: `body` never returns (it execs or exits); failures go to the parent."""
+    sync.as_child()
+    try:
+        body()
+    except BaseException as e:  # noqa: B902 - report everything to the parent
+        sync.send_error(e)
+    os._exit(1)
+
+
+def join_cgroups(launch, cloned):
+    """Into the container's cgroups before anything else (children inherit them) and before any
+    new cgroup namespace, which would hide them."""
+    if launch.cgroup is not None:
+        launch.cgroup.enter(skip_v2=cloned)
+
+
+def become_root_in_user_namespace(launch, sync, made_here):
+    if made_here:
+        sync.send("userns")
+        sync.wait(b"m")
+    if launch.plan.has("user"):
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+
+
+def init_prologue(launch, sync, cloned):
+    """The init, cloned straight into its new namespaces: what stage 1 would have done."""
+    join_cgroups(launch, cloned)
+    become_root_in_user_namespace(launch, sync, launch.plan.new_user)
+    if launch.plan.is_new("cgroup"):
+        linux.unshare(linux.CLONE_NEWCGROUP)
+    init.run(launch, sync)
 
 
 def stage1(launch, sync, cloned):
     plan = launch.plan
-    if launch.cgroup is not None:
-        # in the cgroups before anything else (the init inherits them), before any new cgroup
-        # namespace, which would hide them
-        launch.cgroup.enter(skip_v2=cloned)
+    join_cgroups(launch, cloned)
     joins = plan.open_joins()
     for kind, fd in joins:
         if kind == "user":
             linux.setns(fd, linux.CLONE_NEWUSER)
     if plan.new_user:
         linux.unshare(linux.CLONE_NEWUSER)
-        sync.send("userns")
-        sync.wait(b"m")
-    if plan.has("user"):
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)
+    become_root_in_user_namespace(launch, sync, plan.new_user)
     for kind, fd in joins:
         if kind != "user":
             try:
