@@ -288,21 +288,21 @@ class V1Manager(Manager):
         path = self.paths.get("freezer")
         if path is None:
             return False
-        while True:
+        for _ in range(100):  # a moment for a pause in progress; `state` must not hang on it
             try:
                 state = fs.read(path, "freezer.state").strip()
             except OSError:
                 return False
-            if state == "FREEZING":
-                time.sleep(0.001)
-                continue
-            if state != "FROZEN":
-                return False
-            # frozen because a parent is frozen does not make this container paused
-            try:
-                return fs.read(path, "freezer.self_freezing").strip() == "1"
-            except OSError:
-                return True
+            if state != "FREEZING":
+                break
+            time.sleep(0.001)
+        if state not in ("FROZEN", "FREEZING"):
+            return False
+        # frozen because a parent is frozen does not make this container paused
+        try:
+            return fs.read(path, "freezer.self_freezing").strip() == "1"
+        except OSError:
+            return True
 
     # ------------------------------------------------------------ processes, stats, destroy
     def _main_path(self):

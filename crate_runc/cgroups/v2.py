@@ -193,11 +193,11 @@ class V2Manager(Manager):
         return False
 
     def is_frozen(self):
+        """Asked to freeze (pause waited for it to take effect; `state` must not wait)."""
         try:
-            state = fs.read(self.path, "cgroup.freeze").strip()
+            return fs.read(self.path, "cgroup.freeze").strip() == "1"
         except OSError:
             return False
-        return state == "1" and self._wait_frozen()
 
     # ------------------------------------------------------------ processes, stats, destroy
     def pids(self):
