@@ -339,3 +339,51 @@ def test_failing_start_container_hook_stops_the_process(runtime, tmp_path, busyb
     done = runtime("run", "--bundle", tmp_path / "b", "sc", check=False)
     assert done.returncode != 0 and "must-not-run" not in done.stdout
     assert "startContainer hook #0" in done.stderr
+
+
+def test_seccomp_profile_applies_to_the_container(runtime, tmp_path, busybox_rootfs):
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+    for nnp in (True, False):
+        out = run_in(runtime, tmp_path, busybox_rootfs, "mkdir /tmp/x 2>&1; echo rc=$?; grep Seccomp: /proc/self/status",
+                     name=f"nnp{nnp}", **{"linux.seccomp": profile, "process.noNewPrivileges": nnp,
+                                          "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                                                     {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}]})
+        assert "Permission denied" in out and "rc=1" in out and "Seccomp:\t2" in out, out
+
+
+def test_seccomp_notify_fd_reaches_the_agent(runtime, tmp_path, busybox_rootfs):
+    """SCMP_ACT_NOTIFY: the parent hands the listener fd and the state to listenerPath (runc's
+    protocol); once the agent closes it, notified syscalls fail with ENOSYS."""
+    import socket
+    import threading
+    agent_path = str(tmp_path / "agent.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(agent_path)
+    server.listen(1)
+    received = {}
+
+    def agent():
+        conn, _ = server.accept()
+        message, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+        received["message"] = json.loads(message)
+        received["fd_is_anon_inode"] = os.readlink(f"/proc/self/fd/{fds[0]}")
+        for fd in fds:
+            os.close(fd)  # no agent behind it: the kernel answers ENOSYS
+        conn.close()
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": agent_path, "listenerMetadata": "crate-test",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]}
+    out = run_in(runtime, tmp_path, busybox_rootfs, "mkdir /tmp/x 2>&1; echo rc=$?",
+                 **{"linux.seccomp": profile,
+                    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                               {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}]})
+    thread.join(10)
+    server.close()
+    assert "Function not implemented" in out and "rc=1" in out
+    message = received["message"]
+    assert message["fds"] == ["seccompFd"] and message["metadata"] == "crate-test"
+    assert message["state"]["id"] == "c" and message["pid"] == message["state"]["pid"] > 0
+    assert "seccomp" in received["fd_is_anon_inode"]
