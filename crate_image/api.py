@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 from crate_image import bundle as bundles
-from crate_image import layer as layers
+from crate_image.flatten import flatten
 from crate_image import platform as platforms
 from crate_image import rootless as userns
 from crate_image.config import load_registries
@@ -163,16 +163,12 @@ def _new_dir(path, what):
 
 
 def _flatten(store, img, target):
-    """Apply every layer of img (from its stored blobs) into the directory target."""
-    with layers.Extractor(target, mode="flat", overlay_ns=userns.overlay_xattr_ns()) as ex:
-        for desc, diff_id in zip(img.manifest["layers"], check_config(img.config, img.manifest, img.name)):
-            if not store.has_blob(desc["digest"]):
-                raise NotFound(f"layer {desc['digest']} is missing from the store", f"pull {img.name} again")
-            stream = layers.LayerStream(layers.file_chunks(store.blob_path(desc["digest"])))
-            ex.extract(stream)
-            stream.drain()
-            layers.verify(stream, desc["digest"], diff_id, f"layer {desc['digest']}")
-        ex.finish()
+    """img's filesystem as plain files in the directory target, copied from its extracted layers
+    (extracted now if a layout written by another tool, or a prune, left them out)."""
+    dirs = img.layer_dirs
+    if not all(os.path.isdir(d) for d in dirs):
+        dirs = ensure_layers(store.ensure(), img.manifest, img.config)
+    flatten(dirs, target, userns.overlay_xattr_ns(), userns.is_real_root())
 
 
 def unpack(reference, target, *, root=None):
