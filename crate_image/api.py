@@ -183,6 +183,11 @@ def unpack(reference, target, *, root=None):
                 os.mkdir(target, 0o755)
             try:
                 _flatten(store, img, target)
+                # recorded like a bundle, so `unbundle` may remove it (its files can belong to
+                # subordinate ids a plain rm cannot touch)
+                with open(_record_path(store, target), "w", encoding="utf-8") as f:
+                    json.dump({"bundle": target, "image": img.digest, "name": img.name, "rootfs": "unpack",
+                               "diff_ids": []}, f)
             except BaseException:
                 if created:
                     remove_tree(target)
@@ -268,11 +273,15 @@ def make_bundle(reference, bundle_dir, *, root=None, rootless=None, rootfs="auto
 
 
 def remove_bundle(bundle_dir, *, root=None):
-    """Unmount (if overlay) and delete a bundle made by make_bundle."""
+    """Unmount (if overlay) and delete a bundle made by make_bundle (or a tree made by unpack).
+    Only directories this store recorded are removed: never an arbitrary path."""
     store = _store(root)
     path = os.path.abspath(bundle_dir)
     if not os.path.isdir(path):
-        raise ImageError(f"no bundle at {path}", "give the directory make_bundle created")
+        raise ImageError(f"no bundle at {path}", "give the directory crate-image bundle (or unpack) created")
+    if not os.path.exists(_record_path(store, path)):
+        raise ImageError(f"{path} was not made by crate-image bundle or unpack with the store {store.root}",
+                         "remove it yourself, or pass the --root it was made with")
     rootfs_dir = os.path.join(path, "rootfs")
     if bundles.is_mountpoint(rootfs_dir):
         bundles.unmount(rootfs_dir)

@@ -193,6 +193,14 @@ def test_copy_bundle_and_bad_targets(image_cli, config_ref, tmp_path):
     assert not (tmp_path / "ghost").exists()
     assert not any(bundles.is_mountpoint(os.path.join(tmp_path, d, "rootfs")) for d in os.listdir(tmp_path))
     assert os.listdir(os.path.join(image_cli.root, "bundles")) == []
+    # unbundle removes only what crate-image made
+    bad = image_cli("unbundle", str(busy), check=False)
+    assert bad.returncode == 1 and "was not made by crate-image" in bad.stderr
+    assert (busy / "keep").read_text() == "mine\n"
+    flat = tmp_path / "flat"
+    image_cli("unpack", config_ref, str(flat))
+    image_cli("unbundle", str(flat))
+    assert not flat.exists()
 
 
 # ------------------------------------------------------------------ rootless, as the test user
