@@ -13,6 +13,12 @@ Commands:
   kill       send a signal to the container's init process (or every process)
   delete     delete a stopped container (or any container with --force)
   list       list containers
+  exec       run another process in a container
+  ps         list the processes of a container
+  pause      suspend a container
+  resume     resume a paused container
+  update     change a container's resource limits
+  events     print a container's resource usage
   spec       write a default config.json
   features   print what this runtime supports, as JSON
 
@@ -88,15 +94,19 @@ def _grammar(doc):
             options[name] = (key, takes_arg)
     usage = doc.split("Usage:", 1)[1].strip().splitlines()[0].split()
     command = usage[1] if usage[1][0] not in "[<-" else None  # "crate-runc create [options] <id>"
-    positionals = [(t.strip("[]."), t.startswith("["), "..." in t) for t in usage[2:] if "<" in t]
-    _grammars[doc] = (command, options, defaults, positionals)
+    repeated = {t[1:].split("=", 1)[0] for t in usage if t.startswith("[--") and t.endswith("]...")}
+    for name in repeated:  # "[--env=<env>]...": a list of every value given
+        defaults[name] = []
+    positionals = [(t.strip("[]."), t.startswith("["), "..." in t) for t in usage[2:]
+                   if "<" in t and not t.lstrip("[").startswith("-")]
+    _grammars[doc] = (command, options, defaults, positionals, repeated)
     return _grammars[doc]
 
 
 def fast_parse(doc, argv):
     """docopt's answer for argv, or None when argv is not in the plain form this handles."""
-    command, options, defaults, positionals = _grammar(doc)
-    result = dict(defaults)
+    command, options, defaults, positionals, repeated = _grammar(doc)
+    result = {k: list(v) if isinstance(v, list) else v for k, v in defaults.items()}
     seen = set()
     i = 0
     if command is not None:
@@ -109,7 +119,7 @@ def fast_parse(doc, argv):
         if name not in options or name in ("-h", "--help", "-v", "--version"):
             return None
         key, takes_arg = options[name]
-        if key in seen:
+        if key in seen and key not in repeated:
             return None
         seen.add(key)
         if takes_arg:
@@ -120,11 +130,19 @@ def fast_parse(doc, argv):
                 value = argv[i]
         elif eq:
             return None
-        result[key] = value if takes_arg else True
+        if key in repeated:
+            result[key].append(value)
+        else:
+            result[key] = value if takes_arg else True
         i += 1
     rest = argv[i:]
-    if "--" in rest:
+    if "--" in rest[:1]:
         return None
+    if len(rest) > 1 and rest[1] == "--" and "[--]" in doc:
+        del rest[1]
+        result["--"] = True
+    elif "[--]" in doc:
+        result["--"] = False
     for name, optional, repeated in positionals:
         if repeated:
             result[name] = rest
@@ -142,8 +160,23 @@ def parse(doc, argv, version=None, options_first=False):
     args = fast_parse(doc, argv)
     if args is None:
         from docopt import docopt
-        args = docopt(doc, argv=argv, options_first=options_first, version=version)
+        if options_first and "[--]" in doc:
+            argv = _end_options_after_first_positional(doc, argv)
+        args = docopt(doc, argv=argv, options_first=options_first and "[--]" not in doc, version=version)
     return args
+
+
+def _end_options_after_first_positional(doc, argv):
+    """Insert "--" after a command's first positional (exec's <id>), so that docopt reads what
+    follows (the container's command and its own options) as arguments, as runc does."""
+    command, options, _, _, _ = _grammar(doc)
+    i = 1 if command else 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        name, eq, _ = argv[i].partition("=")
+        i += 2 if options.get(name, (None, False))[1] and not eq else 1
+    if i < len(argv) - 1 and argv[i + 1] != "--":
+        return argv[:i + 1] + ["--"] + argv[i + 1:]
+    return argv
 
 
 # ---------------------------------------------------------------- commands
@@ -315,6 +348,134 @@ def features(g, a):
     _print_json(features_module.document())
 
 
+@command("""Run a process in a container (its namespaces, cgroups and security settings).
+
+Usage:
+  crate-runc exec [options] [--env=<env>]... [--cap=<cap>]... [--additional-gids=<gid>]... <id> [--] [<command>...]
+
+Options:
+  -p <file>, --process=<file>  a runtime-spec process object (JSON) to run instead of <command>
+  -d, --detach                 return once the process started
+  --pid-file=<file>            write the process's host pid to this file
+  --console-socket=<path>      unix socket that receives the pty master when the process has a terminal
+  -t, --tty                    give the process a terminal
+  --cwd=<dir>                  working directory in the container
+  -e <env>, --env=<env>        set an environment variable (KEY=value; repeatable)
+  -u <user>, --user=<user>     run as UID[:GID]
+  -g <gid>, --additional-gids=<gid>  an additional group (repeatable)
+  -c <cap>, --cap=<cap>        add a capability (repeatable)
+  --no-new-privs               set no_new_privileges
+  --preserve-fds=<n>           pass fds 3 to 3+n-1 on to the process [default: 0]
+  --ignore-paused              exec even in a paused container
+  -h --help                    show this help
+""")
+def exec_(g, a):
+    from crate_runc import execute
+    if a["--process"]:
+        process = execute.process_from_file(a["--process"])
+    else:
+        from crate_runc import container, state as state_module
+        base = container.load_config(state_module.Container.load(g["root"], a["<id>"])).get("process")
+        process = execute.process_from_options(base, a["<command>"], a["--env"], a["--cwd"], a["--user"],
+                                               a["--additional-gids"], a["--tty"], a["--cap"],
+                                               a["--no-new-privs"])
+    return execute.exec_process(g["root"], a["<id>"], process, a["--detach"], a["--pid-file"],
+                                a["--console-socket"], _count(a["--preserve-fds"], "--preserve-fds"),
+                                a["--ignore-paused"])
+
+
+@command("""List the processes of a container: `ps` output limited to them, or their pids as JSON.
+
+Usage:
+  crate-runc ps [options] <id> [--] [<ps-args>...]
+
+Options:
+  -f <fmt>, --format=<fmt>  table (ps output) or json (pids) [default: table]
+  -h --help                 show this help
+""")
+def ps(g, a):
+    from crate_runc import control
+    if a["--format"] == "json":
+        _print_json(control.pids(g["root"], a["<id>"]), indent=False)
+    elif a["--format"] == "table":
+        sys.stdout.write(control.ps_table(g["root"], a["<id>"], a["<ps-args>"]))
+    else:
+        raise Error(f"invalid --format {a['--format']!r}: use table or json")
+
+
+@command("""Suspend every process of a container (cgroup freezer).
+
+Usage:
+  crate-runc pause [options] <id>
+
+Options:
+  -h --help  show this help
+""")
+def pause(g, a):
+    from crate_runc import control
+    control.pause(g["root"], a["<id>"])
+
+
+@command("""Resume a paused container.
+
+Usage:
+  crate-runc resume [options] <id>
+
+Options:
+  -h --help  show this help
+""")
+def resume(g, a):
+    from crate_runc import control
+    control.resume(g["root"], a["<id>"])
+
+
+@command("""Change a running container's resource limits (devices are not changed).
+
+Usage:
+  crate-runc update [options] <id>
+
+Options:
+  -r <file>, --resources=<file>  a linux.resources JSON object (- reads stdin)
+  --memory=<bytes>               memory limit (e.g. 256M, -1 for none)
+  --memory-reservation=<bytes>   memory soft limit
+  --memory-swap=<bytes>          memory plus swap limit
+  --kernel-memory=<bytes>        kernel memory limit (cgroup v1, where the kernel has it)
+  --kernel-memory-tcp=<bytes>    kernel TCP buffer limit
+  --cpu-shares=<n>               CPU shares (relative weight)
+  --cpu-quota=<us>               CPU CFS quota per period
+  --cpu-period=<us>              CPU CFS period
+  --cpu-rt-period=<us>           CPU realtime period
+  --cpu-rt-runtime=<us>          CPU realtime runtime
+  --cpuset-cpus=<list>           CPUs to use (e.g. 0-1)
+  --cpuset-mems=<list>           memory nodes to use
+  --pids-limit=<n>               most processes at once
+  --blkio-weight=<n>             block IO weight
+  -h --help                      show this help
+""")
+def update(g, a):
+    from crate_runc import control
+    control.update(g["root"], a["<id>"], a["--resources"], {flag: a[flag] for flag in control.UPDATE_FLAGS})
+
+
+@command("""Print a container's resource usage as json lines (one with --stats, else every --interval).
+
+Usage:
+  crate-runc events [options] <id>
+
+Options:
+  --stats               print the statistics once and exit
+  --interval=<seconds>  seconds between statistics [default: 5]
+  -h --help             show this help
+""")
+def events(g, a):
+    from crate_runc import control
+    try:
+        interval = float(a["--interval"])
+    except ValueError:
+        raise Error(f"invalid --interval {a['--interval']!r}: give seconds") from None
+    control.events(g["root"], a["<id>"], a["--stats"], interval, sys.stdout)
+
+
 # ---------------------------------------------------------------- helpers
 def _count(value, option):
     if not str(value).isdigit():
@@ -349,7 +510,9 @@ def main(argv=None):
         return _fail("--systemd-cgroup is not supported: crate-runc manages cgroups through cgroupfs; "
                      "configure the caller to use cgroupfs (e.g. podman --cgroup-manager=cgroupfs)")
     doc, handler = COMMANDS[name]
-    args = parse(doc, [name] + top["<args>"])
+    # a command line that ends in arguments for another program (exec's command, ps's options)
+    # takes its own options only before them
+    args = parse(doc, [name] + top["<args>"], options_first="[--]" in doc)
     from crate_runc import state as state_module
     g = {"root": top["--root"] or state_module.default_root(), "rootless": top["--rootless"]}
     log.debug(f"{name} {' '.join(top['<args>'])}")

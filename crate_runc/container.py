@@ -18,7 +18,19 @@ class Launch:
     """What the container init needs, prepared by the parent before it forks."""
 
     def __init__(self, container_id, bundle, config, rootfs, plan, cgroup, fifo_fd, console_sock,
-                 preserve_fds=0, no_pivot=False, no_new_keyring=False):
+                 preserve_fds=0, no_pivot=False, no_new_keyring=False, is_exec=False):
+        self.is_exec = is_exec  # an `exec` process joining a running container, not its init
+        # the child cannot import from the host's files once it is in the container's mount
+        # namespace or past pivot_root: load here what it will need
+        if (config.get("process") or {}).get("terminal"):
+            from crate_runc import console  # noqa: F401
+            import socket  # noqa: F401 - console.send_fd needs it
+        self.seccomp_filter = None
+        seccomp_config = config.get("linux", {}).get("seccomp")
+        if seccomp_config:
+            # built here, in the host's namespaces: the child cannot reach libseccomp later
+            from crate_runc import seccomp
+            self.seccomp_filter = seccomp.prepare(seccomp_config)
         self.id = container_id
         self.bundle = bundle
         self.config = config
@@ -296,46 +308,19 @@ def list_states(root):
     return out
 
 
-FORWARDED_SIGNALS = [n for n in range(1, 65) if n not in (9, 17, 19, 32, 33)]  # not KILL CHLD STOP, glibc's
-
-
-def forward_signals(pid, except_winch):
-    """Pass every signal we receive on to the container's init (SIGWINCH resizes our own pty)."""
-    import _signal
-
-    def forward(number, frame):
-        try:
-            os.kill(pid, number)
-        except ProcessLookupError:
-            pass
-
-    for number in FORWARDED_SIGNALS:
-        if not (except_winch and number == signals.SIGWINCH):
-            try:
-                _signal.signal(number, forward)
-            except (OSError, ValueError):
-                pass
-
-
 def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=False, keep=False,
         preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None):
     """create + start; in the foreground also forward signals, relay a tty, wait, delete, and
     return the container's exit status (128+N when killed by signal N)."""
+    from crate_runc import foreground
     state.check_id(container_id)
     config = spec.load(bundle or ".")
     terminal = (config.get("process") or {}).get("terminal", False)
-    own_console = terminal and not console_socket
-    if own_console and detach:
-        raise Error("cannot allocate a tty for a detached container without --console-socket; "
-                    "pass --console-socket or set process.terminal to false")
-    console_end = init_end = None
-    if own_console:
-        import socket
-        console_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    console_end, init_end = foreground.console_pair(terminal, console_socket, detach)
     container = create(root, container_id, bundle, pid_file, console_socket, init_end, preserve_fds,
                        no_pivot, no_new_keyring, rootless, config)
     if not detach:
-        forward_signals(container.pid, except_winch=own_console)
+        foreground.forward_signals(container.pid, except_winch=console_end is not None)
     try:
         start(root, container_id)
     except BaseException:
@@ -343,14 +328,7 @@ def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=F
         raise
     if detach:
         return 0
-    pid = container.pid
-    if own_console:
-        from crate_runc import console
-        master = console.receive_fd(console_end)
-        console_end.close()
-        status = console.relay(master, pid)
-    else:
-        status = os.waitpid(pid, 0)[1]
+    status = foreground.wait(container.pid, console_end)
     if not keep:
         delete(root, container_id, force=True)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    return status

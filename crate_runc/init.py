@@ -35,10 +35,11 @@ def _exit_on_signal(number, frame):
     os._exit(128 + number)
 
 
-def run(launch, sync):
-    """Never returns: execs the container process or exits non-zero after reporting to `sync`."""
+def run(launch, sync, setup_function=None):
+    """Never returns: execs the container process (or, with setup_function=setup_exec, an exec'd
+    one) or exits non-zero after reporting to `sync`."""
     try:
-        path, argv, env = setup(launch, sync)
+        path, argv, env = (setup_function or setup)(launch, sync)
     except BaseException as e:  # noqa: B902 - every failure must reach the parent as one line
         if not sync.send_error(e):  # after `ready` the parent is gone: the container's stderr
             os.write(2, f"crate-runc: {e}\n".encode(errors="replace"))
@@ -57,32 +58,16 @@ def setup(launch, sync):
     process = config.get("process") or {}
     plan = launch.plan
     in_userns = plan.has("user")
-    for number in EXIT_SIGNALS:
-        _signal.signal(number, _exit_on_signal)
-    # fds the caller left open must not reach the container (only 0-2 and --preserve-fds); ours
-    # are all close-on-exec already. Done first: a seccomp filter may later forbid close_range
-    linux.cloexec_from(3 + launch.preserve_fds)
-    os.setsid()
+    begin(launch)
     if not launch.no_new_keyring:
         try:
             linux.join_session_keyring(launch.id)
         except OSError:
             pass  # no keyrings (rootless quota, or disabled): runc carries on too
-    # -- before pivot_root: load what needs the host's files
-    seccomp_filter = None
-    if config.get("linux", {}).get("seccomp"):
-        from crate_runc import seccomp
-        seccomp_filter = seccomp.prepare(config["linux"]["seccomp"])
-    terminal = process.get("terminal", False)
-    if terminal:
-        from crate_runc import console
-        if launch.console_sock is None:
-            raise Error("process.terminal is true but there is no console socket to send the pty to; "
-                        "pass --console-socket or set process.terminal to false")
-        import socket  # noqa: F401 - console.send_fd needs it after pivot_root
-    # exec.fifo is reopened through our fd directory in the host's /proc, kept open across the
-    # pivot: the container may have no /proc of its own (joined namespaces may hide ours: then
-    # the container's /proc after the pivot, as runc does)
+    # -- before pivot_root: what needs the host's files is loaded already (the parent prepared
+    # the seccomp filter; modules are imported); exec.fifo is reopened through our fd directory
+    # in the host's /proc, kept open across the pivot, as the container may have no /proc (when
+    # joined namespaces hide ours: the container's /proc after the pivot, as runc does)
     try:
         fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -101,19 +86,7 @@ def setup(launch, sync):
     if plan.has("mount"):
         mounts.finalize(config, in_userns)
     # -- inside the new root
-    if terminal:
-        master, slave_path = console.open_pty()
-        size = process.get("consoleSize")
-        if size and size.get("height") and size.get("width"):
-            console.set_size(master, size["height"], size["width"])
-        if plan.has("mount") and os.path.isdir("/dev"):
-            if not os.path.lexists("/dev/console"):
-                os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-            linux.mount(slave_path, "/dev/console", None, linux.MS_BIND)
-        console.send_fd(launch.console_sock, master)
-        os.close(master)
-        launch.console_sock.close()
-        console.become_terminal(slave_path)
+    start_console(process, launch, mount_on_dev_console=plan.has("mount"))
     set_names(config, plan)
     set_sysctls(config, plan)
     if plan.is_new("network"):
@@ -121,6 +94,71 @@ def setup(launch, sync):
     if "oomScoreAdj" in process:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))
+    if not process:  # created without a process (allowed): hold the namespaces until deleted
+        sync.send("ready")
+        sync.close()
+        wait_for_start(launch.fifo_fd, fd_dir)
+        os._exit(0)
+    path, env, late_filter = prepare_process(process, plan, launch, sync)
+    sync.send("ready")
+    sync.close()
+    wait_for_start(launch.fifo_fd, fd_dir)
+    if hook_config.get("startContainer"):
+        hooks.run(config, "startContainer", launch.hook_state("created", os.getpid()))
+    if late_filter is not None:
+        late_filter.load()  # as late as possible: the filter then governs only the container process
+    return path, process["args"], env
+
+
+def setup_exec(launch, sync):
+    """An `exec` process, already in the container's namespaces and cgroups (and root)."""
+    process = launch.config["process"]
+    begin(launch)
+    start_console(process, launch, mount_on_dev_console=False)
+    path, env, late_filter = prepare_process(process, launch.plan, launch, sync)
+    sync.send("ready")
+    sync.close()
+    if late_filter is not None:
+        late_filter.load()
+    return path, process["args"], env
+
+
+def begin(launch):
+    for number in EXIT_SIGNALS:
+        _signal.signal(number, _exit_on_signal)
+    # fds the caller left open must not reach the container (only 0-2 and --preserve-fds); ours
+    # are all close-on-exec already. Done first: a seccomp filter may later forbid close_range
+    linux.cloexec_from(3 + launch.preserve_fds)
+    os.setsid()
+
+
+def start_console(process, launch, mount_on_dev_console):
+    """With process.terminal: a pty from this /dev/pts, its master sent over the console socket,
+    its slave our stdio and controlling terminal (and bind-mounted on /dev/console for the init)."""
+    if not process.get("terminal"):
+        return
+    from crate_runc import console  # imported by the parent already (see Launch)
+    if launch.console_sock is None:
+        raise Error("process.terminal is true but there is no console socket to send the pty to; "
+                    "pass --console-socket or set process.terminal to false")
+    master, slave_path = console.open_pty()
+    size = process.get("consoleSize")
+    if size and size.get("height") and size.get("width"):
+        console.set_size(master, size["height"], size["width"])
+    if mount_on_dev_console and os.path.isdir("/dev"):
+        if not os.path.lexists("/dev/console"):
+            os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        linux.mount(slave_path, "/dev/console", None, linux.MS_BIND)
+    console.send_fd(launch.console_sock, master)
+    os.close(master)
+    launch.console_sock.close()
+    console.become_terminal(slave_path)
+
+
+def prepare_process(process, plan, launch, sync):
+    """no_new_privs, seccomp (now, or returned to load just before execve), rlimits, identity
+    and the executable -> (path, environment, filter still to load or None)."""
+    seccomp_filter = launch.seccomp_filter
     if process.get("noNewPrivileges"):
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     if seccomp_filter is not None and (not process.get("noNewPrivileges") or seccomp_filter.notify):
@@ -128,23 +166,11 @@ def setup(launch, sync):
         # notify listener is loaded while the parent is still here to hand its fd to the agent
         load_seccomp(seccomp_filter, sync)
         seccomp_filter = None
-    if not process:  # created without a process (allowed): hold the namespaces until deleted
-        sync.send("ready")
-        sync.close()
-        wait_for_start(launch.fifo_fd, fd_dir)
-        os._exit(0)
     set_rlimits(process.get("rlimits", []))
     env = environment(process.get("env", []))
-    uid, gid = set_identity(process, plan, launch, env)
+    set_identity(process, plan, launch, env)
     path = find_executable(process["args"][0], env.get("PATH", ""))
-    sync.send("ready")
-    sync.close()
-    wait_for_start(launch.fifo_fd, fd_dir)
-    if hook_config.get("startContainer"):
-        hooks.run(config, "startContainer", launch.hook_state("created", os.getpid()))
-    if seccomp_filter is not None:
-        seccomp_filter.load()  # as late as possible: the filter then governs only the container process
-    return path, process["args"], env
+    return path, env, seccomp_filter
 
 
 def load_seccomp(seccomp_filter, sync):

@@ -45,6 +45,15 @@ class Plan:
             raise Error("linux.uidMappings/gidMappings are set but no new user namespace is requested; "
                         "add {\"type\": \"user\"} to linux.namespaces")
 
+    def joining(self, init_pid):
+        """The plan of an `exec`: join every namespace of the container's init, none new."""
+        for kind, path in list(self.types.items()):
+            self.types[kind] = path or f"/proc/{init_pid}/ns/{PROC_NAMES[kind]}"
+        self.join = sorted(self.types.items(), key=lambda item: item[0] != "user")
+        self.new_flags = 0
+        self.new_user = False
+        return self
+
     def has(self, kind):
         return kind in self.types
 

@@ -237,6 +237,6 @@ def stage1(launch, sync, cloned):
         linux.unshare(plan.new_flags)
     init_pid = os.fork()
     if init_pid == 0:
-        init.run(launch, sync)
+        init.run(launch, sync, init.setup_exec if launch.is_exec else init.setup)
     sync.send(f"pid {init_pid}")
     os._exit(0)
