@@ -154,3 +154,21 @@ def cgroup_dirs(bundle):
     if os.path.isdir(candidate) and os.path.exists(os.path.join(candidate, "cgroup.procs")):
         found.append(candidate)
     return found
+
+
+def runc_sleep_bundle(directory, applets=("sh", "sleep")):
+    """A minimal bundle for Debian's runc itself (to compare crate-runc with it): busybox plus a
+    few applets, `runc spec` with args `sleep 3600` and no terminal -> the config dict."""
+    busybox = oci_images.find_static_busybox()
+    rootfs = os.path.join(directory, "rootfs")
+    for sub in ("bin", "proc", "sys", "dev", "tmp"):
+        os.makedirs(os.path.join(rootfs, sub))
+    shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
+    for name in applets:
+        os.symlink("busybox", os.path.join(rootfs, "bin", name))
+    subprocess.run(["runc", "spec", "--bundle", directory], check=True)
+    with open(os.path.join(directory, "config.json")) as f:
+        config = json.load(f)
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["sleep", "3600"]
+    return config

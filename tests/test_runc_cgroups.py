@@ -18,6 +18,7 @@ import time
 import pytest
 
 import oci_images
+import runtime_helpers
 from conftest import TEST_USER, unavailable
 from crate_runc import cgroups
 from crate_runc.cgroups import CgroupError
@@ -217,17 +218,7 @@ def runc(tmp_path_factory):
     if busybox is None:
         unavailable("no static busybox (apt-get install busybox-static)")
     directory = str(tmp_path_factory.mktemp("runc-bundle"))
-    rootfs = os.path.join(directory, "rootfs")
-    for sub in ("bin", "proc", "sys", "dev", "tmp"):
-        os.makedirs(os.path.join(rootfs, sub))
-    shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
-    for name in ("sh", "sleep"):
-        os.symlink("busybox", os.path.join(rootfs, "bin", name))
-    subprocess.run(["runc", "spec", "--bundle", directory], check=True)
-    with open(os.path.join(directory, "config.json")) as f:
-        config = json.load(f)
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["sleep", "3600"]
+    config = runtime_helpers.runc_sleep_bundle(directory)
     return Runc(directory, config)
 
 

@@ -20,6 +20,7 @@ import time
 import pytest
 
 import oci_images
+import runtime_helpers
 from conftest import TEST_USER, unavailable
 from crate_runc import seccomp
 from crate_runc.seccomp import SeccompError
@@ -413,16 +414,7 @@ def runc_bundle(tmp_path_factory):
     if busybox is None:
         unavailable("no static busybox (apt-get install busybox-static)")
     directory = str(tmp_path_factory.mktemp("runc-seccomp"))
-    rootfs = os.path.join(directory, "rootfs")
-    for sub in ("bin", "proc", "sys", "dev", "tmp"):
-        os.makedirs(os.path.join(rootfs, sub))
-    shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
-    os.symlink("busybox", os.path.join(rootfs, "bin", "sleep"))
-    subprocess.run(["runc", "spec", "--bundle", directory], check=True)
-    with open(os.path.join(directory, "config.json")) as f:
-        config = json.load(f)
-    config["process"]["terminal"] = False
-    config["process"]["args"] = ["sleep", "3600"]
+    config = runtime_helpers.runc_sleep_bundle(directory, applets=("sleep",))
     return directory, config
 
 
