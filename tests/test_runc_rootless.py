@@ -113,3 +113,68 @@ def test_rootless_errors_are_one_line_and_leave_nothing(user_runtime, shared_tmp
     assert done.stderr.count("\n") == 1 and "executable file not found" in done.stderr
     assert user_runtime.ids() == [] and not os.path.exists(os.path.join(user_runtime.root, "rl5"))
     assert processes_in(busybox_rootfs) == []
+
+
+def test_rootless_config_features(user_runtime, shared_tmp, busybox_rootfs, request):
+    """process, hostname, mounts, masked/read-only paths, rlimits and hooks as an unprivileged user."""
+    path = os.path.join(shared_tmp, f"rl-features-{request.node.name}")
+    hooks_dir = os.path.join(shared_tmp, f"rl-hooks-{request.node.name}")
+    os.makedirs(hooks_dir)
+    uid, gid = user_ids(user_runtime)
+    os.chown(hooks_dir, uid, gid)
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {hooks_dir}/$PHASE.json"]}
+    script = ("echo \"$FOO|$(pwd)|$(hostname)|$(ulimit -n)\"; touch / 2>/dev/null || echo ro-root;"
+              " cat /home/note; wc -c < /proc/keys; echo x > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro")
+    note = os.path.join(shared_tmp, f"rl-note-{request.node.name}")
+    os.makedirs(note)
+    with open(os.path.join(note, "note"), "w") as f:
+        f.write("bound\n")
+    config = bundle_for(user_runtime, path, busybox_rootfs, ["sh", "-c", script],
+                        **{"process.env": ["PATH=/bin", "FOO=bar"], "process.cwd": "/tmp", "hostname": "rl-box",
+                           "process.rlimits": [{"type": "RLIMIT_NOFILE", "soft": 256, "hard": 256}],
+                           "linux.maskedPaths": ["/proc/keys"],
+                           "hooks": {"prestart": [dict(hook, env=["PHASE=prestart"])],
+                                     "poststop": [dict(hook, env=["PHASE=poststop"])]}})
+    config["mounts"].append({"destination": "/home", "type": "bind", "source": note, "options": ["rbind", "ro"]})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    done = user_runtime("run", "--bundle", path, "rl6", check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["bar|/tmp|rl-box|256", "ro-root", "bound", "0", "sys-ro"]
+    for phase, status in (("prestart", "creating"), ("poststop", "stopped")):
+        with open(os.path.join(hooks_dir, f"{phase}.json")) as f:
+            assert json.load(f)["status"] == status
+
+
+def test_rootless_console_socket_and_fds(user_runtime, shared_tmp, busybox_rootfs, request):
+    import socket
+    import struct
+    uid, gid = user_ids(user_runtime)
+    path = os.path.join(shared_tmp, f"rl-tty-{request.node.name}")
+    bundle_for(user_runtime, path, busybox_rootfs, ["sh", "-c", "tty; ls /proc/self/fd | wc -l"],
+               **{"process.terminal": True})
+    sock_path = os.path.join(shared_tmp, f"rl-console-{os.getpid()}.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    os.chown(sock_path, uid, gid)
+    server.listen(1)
+    user_runtime("create", "--bundle", path, "--console-socket", sock_path, "rl7")
+    conn, _ = server.accept()
+    _, ancillary, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(4))
+    master = struct.unpack("i", ancillary[0][2][:4])[0]
+    user_runtime("start", "rl7")
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    lines = output.decode().split()
+    assert lines[0].startswith("/dev/pts/") and lines[1] == "4"  # 0-2 and the fd ls opens for the listing
+    deadline = time.monotonic() + 10
+    while user_runtime.state("rl7")["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    user_runtime("delete", "rl7")
