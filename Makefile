@@ -11,8 +11,9 @@ test: setup check
 setup:
 	tests/setup-host.sh $(VENV) $(PYTHON)
 
+# the venv's real path: tests/setup-host.sh may keep it outside the checkout (see there)
 check:
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+	PATH="$(realpath $(VENV))/bin:$$PATH" $(realpath $(VENV))/bin/pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(realpath $(VENV)) $(VENV) build *.egg-info
