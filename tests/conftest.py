@@ -613,3 +613,202 @@ def user_runtime(shared_tmp, request):
         return runtime_helpers.Runtime(root, user=TEST_USER)
     import tempfile
     return runtime_helpers.Runtime(tempfile.mkdtemp(dir=shared_tmp))
+
+
+# ------------------------------------------------------------------ crate (the front end)
+# (added for crate's tests; nothing above changes)
+import json
+
+
+class CrateCLI:
+    """The installed `crate` with its own store root (CRATE_ROOT), run as this user or, through
+    setpriv, as an unprivileged user with a private HOME and XDG_RUNTIME_DIR."""
+
+    def __init__(self, root, user=None, home=None):
+        self.root = root
+        self.user = user
+        self.home = home or os.path.dirname(root)
+        self.binary = shutil.which("crate")
+        if self.binary is None:
+            raise RuntimeError("crate is not on PATH (run the tests through `make test`)")
+        self.runtime_dir = os.path.join(self.home, "run")
+        os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+        if user:
+            entry = pwd.getpwnam(user)
+            for path in (self.home, self.runtime_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        # a proxy that refuses everything: should anything try to leave 127.0.0.1, it fails here
+        self.env = {"CRATE_ROOT": root, "HOME": self.home, "XDG_RUNTIME_DIR": self.runtime_dir,
+                    "PATH": os.path.dirname(self.binary) + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                    "CRATE_REGISTRIES_CONF": os.path.join(self.home, "registries.toml"),
+                    "REGISTRY_AUTH_FILE": os.path.join(self.home, "auth.json"),
+                    "DOCKER_CONFIG": os.path.join(self.home, ".docker"),
+                    "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+                    "NO_PROXY": "127.0.0.1,localhost", "LANG": "C.UTF-8"}
+
+    def command(self, *args, env=None):
+        full = dict(self.env, **(env or {}))
+        argv = [self.binary] + [str(a) for a in args]
+        prefix = ["env", "-i"] + [f"{k}={v}" for k, v in full.items()]
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            prefix = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"] + prefix
+        return prefix + argv
+
+    def __call__(self, *args, check=True, input=None, timeout=120, env=None):
+        done = subprocess.run(self.command(*args, env=env), capture_output=True, text=True, input=input,
+                              timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise AssertionError(f"crate {' '.join(map(str, args))} failed ({done.returncode}):\n"
+                                 f"{done.stderr}{done.stdout}")
+        return done
+
+    def popen(self, *args, env=None, **kwargs):
+        return subprocess.Popen(self.command(*args, env=env), **kwargs)
+
+    def ids(self):
+        return self("ps", "-a", "-q", "--no-trunc").stdout.split()
+
+    def inspect(self, name):
+        return json.loads(self("inspect", name).stdout)[0]
+
+    def container_dirs(self):
+        path = os.path.join(self.root, "containers")
+        return sorted(n for n in os.listdir(path) if not n.startswith(".")) if os.path.isdir(path) else []
+
+    def mounts(self):
+        with open("/proc/self/mountinfo") as f:
+            return [line.split()[4] for line in f if line.split()[4].startswith(os.path.realpath(self.root))]
+
+    def cleanup(self):
+        try:
+            ids = self.ids()
+        except Exception:
+            ids = []
+        if ids:
+            self("rm", "-f", *ids, check=False)
+        for mount in reversed(self.mounts()):
+            subprocess.run(["umount", "-l", mount], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", self.home], check=False)
+
+
+@pytest.fixture
+def crate(tmp_path):
+    """crate as the test process's user (root for the `root` tests) with a fresh store."""
+    home = str(tmp_path / "crate-home")
+    os.makedirs(home)
+    cli = CrateCLI(os.path.join(home, "store"), home=home)
+    yield cli
+    cli.cleanup()
+
+
+@pytest.fixture
+def user_crate(shared_tmp, request):
+    """crate as the unprivileged test user (rootless: user namespaces, crate-runc rootless)."""
+    if userns_problem():
+        unavailable(userns_problem())
+    import tempfile
+    home = tempfile.mkdtemp(prefix="crate-user-", dir=shared_tmp)
+    os.chmod(home, 0o755)
+    cli = CrateCLI(os.path.join(home, "store"), user=TEST_USER if is_root() else None, home=home)
+    yield cli
+    cli.cleanup()
+
+
+@pytest.fixture(scope="session")
+def crate_images(registry, image_layout, busybox_binary, busybox_refs):
+    """Images for crate's tests in the anonymous registry, beside busybox_refs:
+    config (Entrypoint echo, Cmd, User crate, WorkingDir, Env, StopSignal SIGQUIT), nocmd (no
+    Entrypoint and no Cmd), and library/alpine:latest (the busybox image again) for the README's
+    `crate run alpine` through a docker.io mirror."""
+    config = oci_images.build_config_image(image_layout, busybox_binary)
+    nocmd = image_layout.image([oci_images.busybox_rootfs_tar(busybox_binary)],
+                               {"Env": [oci_images.PATH_ENV], "WorkingDir": "/"})
+    return {
+        "busybox": busybox_refs["latest"],
+        "config": registry.push(image_layout, config, "library/config", "latest"),
+        "nocmd": registry.push(image_layout, nocmd, "library/nocmd", "latest"),
+        "alpine": registry.push(image_layout, image_layout.images["docker-index"], "library/alpine", "latest"),
+    }
+
+
+class PtySession:
+    """A command on a real pseudo-terminal, driven as a user at a keyboard would."""
+
+    def __init__(self, argv, rows=24, cols=80):
+        import pty
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            try:
+                os.execvp(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.resize(rows, cols)
+        self.output = b""
+        self.status = None
+
+    def resize(self, rows, cols):
+        import fcntl
+        import struct
+        import termios
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def _read(self, timeout):
+        import select
+        if select.select([self.fd], [], [], timeout)[0]:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                data = b""
+            self.output += data
+            return data
+        return None
+
+    def expect(self, text, timeout=20):
+        """Read until `text` (bytes) appears after what was already matched; return the output."""
+        start = getattr(self, "_mark", 0)
+        deadline = time.monotonic() + timeout
+        while text not in self.output[start:]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not seen within {timeout}s; output: {self.output!r}")
+            if self._read(0.1) == b"":
+                raise AssertionError(f"{text!r} not seen before the end; output: {self.output!r}")
+        self._mark = start + self.output[start:].index(text) + len(text)
+        return self.output
+
+    def send(self, data):
+        os.write(self.fd, data)
+
+    def wait(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._read(0.05)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                while self._read(0.05):
+                    pass
+                self.status = os.waitstatus_to_exitcode(status)
+                return self.status
+        raise AssertionError(f"still running after {timeout}s; output: {self.output!r}")
+
+    def close(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        os.close(self.fd)
+
+
+@pytest.fixture
+def pty_session():
+    """Factory: pty_session(argv, rows, cols) -> a PtySession, closed after the test."""
+    sessions = []
+
+    def start(argv, rows=24, cols=80):
+        sessions.append(PtySession(argv, rows, cols))
+        return sessions[-1]
+    yield start
+    for session in sessions:
+        session.close()
