@@ -18,7 +18,7 @@ class Launch:
     """What the container init needs, prepared by the parent before it forks."""
 
     def __init__(self, container_id, bundle, config, rootfs, plan, cgroup, fifo_fd, console_sock,
-                 preserve_fds=0, no_pivot=False, no_new_keyring=False, is_exec=False):
+                 preserve_fds=0, no_pivot=False, no_new_keyring=False, is_exec=False, state_root=None):
         self.is_exec = is_exec  # an `exec` process joining a running container, not its init
         # the child cannot import from the host's files once it is in the container's mount
         # namespace or past pivot_root: load here what it will need
@@ -30,7 +30,8 @@ class Launch:
         if seccomp_config:
             # built here, in the host's namespaces: the child cannot reach libseccomp later
             from crate_runc import seccomp
-            self.seccomp_filter = seccomp.prepare(seccomp_config)
+            cache = os.path.join(state_root, state.SECCOMP_CACHE) if state_root else None
+            self.seccomp_filter = seccomp.prepare(seccomp_config, cache)
         self.id = container_id
         self.bundle = bundle
         self.config = config
@@ -119,7 +120,7 @@ def create(root, container_id, bundle, pid_file=None, console_socket=None, conso
             from crate_runc import console
             console_sock = console.connect(console_socket)
         launch = Launch(container_id, bundle, config, rootfs, plan, cgroup, fifo_fd, console_sock,
-                        preserve_fds, no_pivot, no_new_keyring)
+                        preserve_fds, no_pivot, no_new_keyring, state_root=root)
 
         def prestart_hooks(pid):
             hook_state = launch.hook_state("creating", pid)

@@ -80,7 +80,7 @@ def exec_process(root, container_id, process, detach=False, pid_file=None, conso
     try:
         launch = lifecycle.Launch(container_id, container.data.get("bundle", ""), config,
                                   container.data.get("rootfs", ""), plan, cgroup, None, console_sock,
-                                  preserve_fds, is_exec=True)
+                                  preserve_fds, is_exec=True, state_root=root)
 
         def seccomp_listener(pid, fd):
             from crate_runc import seccomp

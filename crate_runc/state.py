@@ -12,6 +12,7 @@ from crate_runc import Error, SPEC_VERSION, fastjson
 STATE_FILE = "state.json"
 CONFIG_COPY = "config.json"
 FIFO = "exec.fifo"
+SECCOMP_CACHE = ".seccomp-cache"  # compiled seccomp programs, under the root (ids cannot start with ".")
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 

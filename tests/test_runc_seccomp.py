@@ -580,3 +580,20 @@ def test_notify_to_a_missing_agent_is_a_clear_error(tmp_path):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_compiled_programs_are_cached_by_profile(tmp_path):
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"}]}
+    cache = str(tmp_path / "cache")
+    built = seccomp.prepare(profile, cache)
+    (entry,) = os.listdir(cache)
+    assert (tmp_path / "cache" / entry).read_bytes() == built.program
+    again = seccomp.prepare(profile, cache)
+    assert again.program == built.program == seccomp.prepare(profile).program
+    other = dict(profile, defaultAction="SCMP_ACT_KILL")
+    assert seccomp.prepare(other, cache).program != built.program
+    assert len(os.listdir(cache)) == 2
+    (tmp_path / "cache" / entry).write_bytes(b"torn")  # not whole instructions: built again
+    assert seccomp.prepare(profile, cache).program == built.program
+    assert (tmp_path / "cache" / entry).read_bytes() == built.program
