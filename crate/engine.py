@@ -425,14 +425,18 @@ def exec_(container, command, *, tty=False, interactive=False, env=(), workdir=N
     console = terminal.ConsoleSocket() if tty else None
     import tempfile
     chatter = tempfile.TemporaryFile()
+    pid_file = os.path.join(container.dir, f"exec-{os.getpid()}-{time.monotonic_ns()}.pid")
+    err_r = err_w = None
     try:
         args = rt.exec_args(container.id, command, tty=tty, env=env, cwd=workdir, user=user_arg,
-                            console_socket=console.path if console else None)
+                            console_socket=console.path if console else None, pid_file=pid_file)
         if tty:
             process, offset = rt.spawn(*args, stdin=subprocess.DEVNULL, stdout=chatter, stderr=chatter)
         else:
+            err_r, err_w = os.pipe()
             process, offset = rt.spawn(*args, stdin=0 if interactive else subprocess.DEVNULL, stdout=1,
-                                       stderr=chatter)
+                                       stderr=err_w)
+            os.close(err_w)
         with terminal.forwarding(process.pid):
             if console is not None:
                 try:
@@ -442,13 +446,9 @@ def exec_(container, command, *, tty=False, interactive=False, env=(), workdir=N
                     console = None
                 if master is not None:
                     terminal.relay(master, process, 0 if interactive else None, 1)
+            else:
+                _relay_stderr(err_r, process, pid_file)
             status = process.wait()
-        chatter.seek(0)
-        said = chatter.read().decode(errors="replace")
-        if not tty:
-            # what the runtime wrote on stderr is the process's too (its stderr): pass it on
-            sys.stderr.write(said)
-            sys.stderr.flush()
         if status != 0:
             message = _runtime_error_since(rt, offset)
             if message:
@@ -460,6 +460,43 @@ def exec_(container, command, *, tty=False, interactive=False, env=(), workdir=N
         if console is not None:
             console.close()
         chatter.close()
+        if err_r is not None:
+            os.close(err_r)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+
+
+def _relay_stderr(fd, process, pid_file):
+    """Pass the exec'd process's stderr on as it comes. The runtime shares that pipe: what it
+    wrote before the process existed (its pid file is written once it does) is held back, and
+    dropped when the runtime fails (its error becomes crate's one line)."""
+    import select
+    held = b""
+    started = False
+    while True:
+        readable = select.select([fd], [], [], 0.05)[0]
+        if not started and os.path.exists(pid_file):
+            started = True
+            _write_all(2, held)
+            held = b""
+        if readable:
+            data = os.read(fd, 65536)
+            if not data:
+                return  # every writer is gone
+            if started:
+                _write_all(2, data)
+            else:
+                held += data
+        elif process.poll() is not None:
+            return  # the runtime is done; a background child of the process may keep the pipe open
+
+
+def _write_all(fd, data):
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except BrokenPipeError:
+        pass
 
 
 def _runtime_error_since(rt, offset):

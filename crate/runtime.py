@@ -168,8 +168,11 @@ class Runtime:
         if done.returncode != 0 and self.state(container_id) is not None:
             raise RuntimeFailed(f"{self.name} delete", self.error_message(0, done.stderr))
 
-    def exec_args(self, container_id, args, tty=False, env=(), cwd=None, user=None, console_socket=None):
+    def exec_args(self, container_id, args, tty=False, env=(), cwd=None, user=None, console_socket=None,
+                  pid_file=None):
         out = ["exec"]
+        if pid_file:
+            out += ["--pid-file", pid_file]
         if tty:
             out.append("--tty")
         if console_socket:
