@@ -631,6 +631,7 @@ class CrateCLI:
         self.binary = shutil.which("crate")
         if self.binary is None:
             raise RuntimeError("crate is not on PATH (run the tests through `make test`)")
+        self.binary = os.path.realpath(self.binary)  # the venv may sit outside a checkout the test user cannot reach
         self.runtime_dir = os.path.join(self.home, "run")
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         if user:
