@@ -288,7 +288,7 @@ class Store:
                 if not container_id[:12].isdigit() and not os.path.exists(os.path.join(self.dir, container_id)):
                     break
             container = Container(self, container_id, dict(data, id=container_id, name=name, created=now()))
-            container.state.update(status="creating")
+            container.data["state"] = dict(data.get("state") or {}, status="creating")
             os.mkdir(container.dir, 0o711)
             try:
                 container.save()

@@ -59,8 +59,9 @@ def remove_image(store, reference, force=False):
     image or bundle needs any more. -> the name removed."""
     from crate_image import api
     image = api.image(reference, root=store.root, extract=False)
+    other_names = [r for r in api.images(root=store.root) if r["id"] == image.config_digest and r["name"] != image.name]
     users = image_users(store, image)
-    if users and not force:
+    if users and not force and not other_names:  # untagging one of several names loses nothing
         raise Error(f"image {reference} is used by container {users[0].short()} ({users[0].name})",
                     f"remove the container first (crate rm {users[0].name}) or use rmi -f")
     name = api.remove(reference, root=store.root)
@@ -100,9 +101,8 @@ def create(store, reference, *, name=None, command=None, entrypoint=None, env=()
         "auto_remove": bool(auto_remove),
         "runtime": {"path": runtime_path, "root": runtime_module.default_root(runtime_path)},
         "store_root": store.root,
+        "state": {"status": "creating", "creator_pid": os.getpid(), "creator_start": proc_start_time(os.getpid())},
     })
-    container.state.update(creator_pid=os.getpid(), creator_start=proc_start_time(os.getpid()))
-    container.save()
     try:
         bundle = api.make_bundle(image.name, container.bundle, root=store.root, args=command or None,
                                  entrypoint=entrypoint, env=env or None, user=user, workdir=workdir,
@@ -149,11 +149,13 @@ def refresh(container):
             return container  # still runs without its monitor: stop/kill/rm still work
         with contextlib.suppress(Error):
             runtime_of(container).delete(container.id, force=True)
-        if st.get("started_at"):
-            st.update(status="exited", exit_code=None, finished_at=st.get("finished_at") or now(), pid=0,
+            st["runtime_state"] = False
+        if st.get("status") == "running":
+            st.update(status="exited", exit_code=None, finished_at=now(), pid=0, pid_start=None,
                       error="its monitor died: the exit status is unknown")
-        else:
-            st.update(status="created", pid=0, error="its monitor died before it started")
+        else:  # "starting": back to what it was
+            st.update(status=st.get("previous") or "created", monitor_pid=0,
+                      error="its monitor died before the container started")
     return container
 
 
@@ -188,7 +190,7 @@ def _startable(container):
 def _claim_start(container, monitor_pid):
     """Under the lock, after _startable: it becomes "starting", with its monitor."""
     container.state.update(status="starting", previous=container.status, monitor_pid=monitor_pid,
-                           monitor_start=proc_start_time(monitor_pid), error="")
+                           monitor_start=proc_start_time(monitor_pid), error="", runtime_state=True)
     container.save()
 
 
@@ -223,7 +225,11 @@ def start(container):
             process.wait()
             os.close(read_end)
             raise
-    answer = _read_answer(read_end, process)
+    try:
+        answer = _read_answer(read_end, process)
+    except BaseException as e:
+        _start_failed(container, e)
+        raise
     if not answer.get("ok"):
         error = Error(answer.get("problem") or "the monitor failed", answer.get("fix"), answer.get("status") or 125)
         _start_failed(container, error)
@@ -314,10 +320,9 @@ def _signal(container, number):
         runtime_of(container).kill(container.id, number)
         return True
     except runtime_module.RuntimeFailed:
-        with contextlib.suppress(Error):
-            container.reload()
-        if not is_running(container) or runtime_of(container).state(container.id) in (None, {}):
-            return False
+        state = runtime_of(container).state(container.id)
+        if state is None or state.get("status") == "stopped":
+            return False  # it ended meanwhile
         raise
 
 
@@ -378,8 +383,8 @@ def destroy(container):
             container.reload()
             container.state["status"] = "removing"
             container.save()
-        if container.data.get("runtime"):
-            with contextlib.suppress(Error):
+        if container.data.get("runtime") and container.state.get("runtime_state"):
+            with contextlib.suppress(Error):  # the monitor did it at exit, unless it failed there
                 runtime_of(container).delete(container.id, force=True)
         if os.path.isdir(container.bundle):
             try:

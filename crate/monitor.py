@@ -103,8 +103,6 @@ class Monitor:
         with self.c.lock():  # after the starting CLI let go of it
             self.c.reload()
         self.runtime.ensure_root()
-        if self.runtime.state(self.c.id) is not None:  # left by a monitor that died: a fresh start
-            self.runtime.delete(self.c.id, force=True)
         if os.path.exists(self.c.pid_file):
             os.unlink(self.c.pid_file)
         console = None
@@ -133,25 +131,32 @@ class Monitor:
                     stdin = subprocess.DEVNULL
             args = self.runtime.create_args(self.c.id, self.c.bundle, self.c.pid_file,
                                             console.path if console else None)
-            process, offset = self.runtime.spawn(*args, stdin=stdin, stdout=stdout, stderr=stderr)
-            try:
-                if console is not None:
-                    self.master = console.receive_master(process)
-                process.wait()
-            except BaseException:
-                _stop(process)
-                raise
+            for attempt in (1, 2):
+                process, offset = self.runtime.spawn(*args, stdin=stdin, stdout=stdout, stderr=stderr)
+                try:
+                    if console is not None:
+                        self.master = console.receive_master(process)
+                    process.wait()
+                except BaseException:
+                    _stop(process)
+                    raise
+                # the container's process has not started: whatever is in the pipes is the runtime's
+                chatter = b"".join(_read_available(fd) for fd in ([chatter_r] if chatter_r is not None else [])
+                                   + list(self.streams)).decode(errors="replace")
+                if chatter and self.attach is None:
+                    sys.stderr.write(f"{self.runtime.name} create: {chatter}")
+                    sys.stderr.flush()
+                if process.returncode == 0:
+                    break
+                message = self.runtime.error_message(offset, chatter)
+                if attempt == 1 and "exist" in message and "not exist" not in message:
+                    # the runtime still has this container from a run whose monitor died: start afresh
+                    self.runtime.delete(self.c.id, force=True)
+                    continue
+                raise start_error(message)
             for fd in child_fds:
                 os.close(fd)
             child_fds = []
-            # the container's process has not started: whatever is in the pipes is the runtime's
-            chatter = b"".join(_read_available(fd) for fd in ([chatter_r] if chatter_r is not None else [])
-                               + list(self.streams)).decode(errors="replace")
-            if chatter and self.attach is None:
-                sys.stderr.write(f"{self.runtime.name} create: {chatter}")
-                sys.stderr.flush()
-            if process.returncode != 0:
-                raise start_error(self.runtime.error_message(offset, chatter))
             if self.tty and self.master is None:
                 raise Error(f"{self.runtime.name} created the container without sending its terminal",
                             "use a runtime that supports --console-socket")
@@ -348,16 +353,18 @@ class Monitor:
         if self.log is not None:
             self.log.close()
             self.log = None
+        deleted = True
         try:
             self.runtime.delete(self.c.id, force=True)
         except Error as e:
             sys.stderr.write(f"crate monitor: {e}\n")
+            deleted = False
         auto_remove = False
         try:
             with self.c.update():
                 if self.c.status != "removing":
                     self.c.state.update(status="exited", exit_code=self.status, finished_at=now(), pid=0,
-                                        pid_start=None)
+                                        pid_start=None, runtime_state=not deleted)
                 auto_remove = bool(self.c.data.get("auto_remove")) and self.c.status == "exited"
         except Error:
             return  # removed meanwhile (crate rm -f)

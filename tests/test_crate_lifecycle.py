@@ -277,3 +277,26 @@ def test_ps_formats(crate, image):
     assert row["ID"] == cid[:12] and row["Names"] == "listed" and row["State"] == "running"
     assert row["Status"].startswith("Up ")
     assert crate("ps", "-q", "--no-trunc").stdout == cid + "\n"
+
+
+def test_start_replaces_runtime_state_left_behind(crate, image):
+    """Runtime state under crate's id that no monitor owns (a monitor killed mid-create, say):
+    start deletes it and creates the container afresh."""
+    cid = crate("create", "--name", "left", image, "sh", "-c", "echo fresh; " + LOOP).stdout.strip()
+    info = crate.inspect("left")
+    subprocess.run(["crate-runc", "--root", info["RuntimeRoot"], "create", "--bundle", info["BundlePath"],
+                    "--pid-file", os.path.join(os.path.dirname(info["LogPath"]), "stale.pid"), cid],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(os.path.dirname(info["LogPath"]), "stale.pid")) as f:
+        stale = int(f.read())
+    assert alive(stale)
+    crate("start", "left")
+    info = crate.inspect("left")
+    assert info["State"]["Status"] == "running" and info["State"]["Pid"] != stale
+    assert wait_gone(stale)
+    deadline = time.monotonic() + 10
+    while crate("logs", "left").stdout != "fresh\n" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert crate("logs", "left").stdout == "fresh\n"
+    crate("rm", "-f", "left")
+    assert crate.container_dirs() == [] and crate.mounts() == []
