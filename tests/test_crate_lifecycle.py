@@ -300,3 +300,26 @@ def test_start_replaces_runtime_state_left_behind(crate, image):
     assert crate("logs", "left").stdout == "fresh\n"
     crate("rm", "-f", "left")
     assert crate.container_dirs() == [] and crate.mounts() == []
+
+
+def test_rmi_while_a_container_uses_the_image(crate, busybox_refs):
+    """An image a container uses keeps its last name (unless -f); a second name of it may go."""
+    crate("pull", "-q", busybox_refs["latest"])
+    crate("pull", "-q", busybox_refs["v2s2"])  # the same amd64 image under another tag
+    ids = crate("images", "-q").stdout.split()
+    assert len(ids) == 1
+    crate("create", "--name", "user", busybox_refs["latest"], "true")
+    assert crate("rmi", busybox_refs["v2s2"]).stdout == f"Untagged: {busybox_refs['v2s2']}\n"
+    done = crate("rmi", busybox_refs["latest"], check=False)
+    assert done.returncode == 1
+    assert done.stderr == f"crate: image {busybox_refs['latest']} is used by container " \
+                          f"{crate.inspect('user')['Id'][:12]} (user); remove the container first (crate rm user) " \
+                          f"or use rmi -f\n"
+    assert crate("rmi", "-f", busybox_refs["latest"]).stdout == f"Untagged: {busybox_refs['latest']}\n"
+    assert crate("images", "-q").stdout == ""
+    # its files stay with the container's bundle: it still runs
+    crate("start", "user")
+    deadline = time.monotonic() + 10
+    while crate.inspect("user")["State"]["Status"] != "exited" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert crate.inspect("user")["State"]["ExitCode"] == 0
