@@ -582,7 +582,8 @@ def main(argv=None):
         return 1
     name = top["<command>"]
     if name not in COMMANDS:
-        _error(Error(f"unknown command {name!r}", "run `crate --help` for the list"))
+        _error(Error(f"unknown command {name!r}", f"Usage: crate [--root=DIR] COMMAND [ARG...] with COMMAND one of "
+                                                  f"{', '.join(COMMANDS)} (crate --help)"))
         return 1
     from crate.containers import Store
     from crate_image.errors import ImageError

@@ -150,7 +150,9 @@ class Container:
     def save(self):
         path = os.path.join(self.dir, RECORD)
         tmp = os.path.join(self.dir, f".{RECORD}.{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
+        # 0600: the record holds the container's environment, which may carry secrets
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w",
+                  encoding="utf-8") as f:
             json.dump(self.data, f, indent=1)
         os.replace(tmp, path)
 

@@ -110,7 +110,9 @@ def test_bad_flags_and_values(crate, image):
         ("stop", "-t", "soon", "x"): "crate: invalid --time value 'soon'; give a whole number of 0 or more",
         ("logs", "--tail", "many", "x"): "crate: invalid --tail value 'many'; give a whole number of 0 or more",
         ("ps", "--format", "xml"): "crate: unknown format 'xml'; use --format table or --format json",
-        ("frobnicate",): "crate: unknown command 'frobnicate'; run `crate --help` for the list",
+        ("frobnicate",): "crate: unknown command 'frobnicate'; Usage: crate [--root=DIR] COMMAND [ARG...] with "
+                         "COMMAND one of run, create, start, stop, kill, rm, ps, logs, exec, inspect, pull, images, "
+                         "rmi (crate --help)",
     }
     crate("create", "--name", "x", image, "true")
     for args, expected in cases.items():

@@ -140,6 +140,7 @@ def test_reserve_resolve_and_prefixes(tmp_path):
     with a.update():
         a.state["status"] = "created"
     assert store.get(a.id).status == "created"
+    assert os.stat(os.path.join(a.dir, "container.json")).st_mode & 0o777 == 0o600  # it holds the env
     assert [c.id for c in store.all()] == [b.id, a.id]  # newest first
 
 
