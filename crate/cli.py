@@ -33,6 +33,7 @@ import sys
 import time
 
 from crate import __version__
+from crate import formats
 from crate.errors import Error
 
 COMMANDS = {}
@@ -219,78 +220,18 @@ def cmd_ps(a, store):
             created = parse_time(c.data.get("created"))
             print(json.dumps({
                 "ID": c.id if a["--no-trunc"] else c.short(), "Names": c.name, "Image": c.data.get("image"),
-                "Command": _command_text(c, True), "CreatedAt": c.data.get("created"),
-                "RunningFor": _ago(now - created) if created else "", "State": c.status,
-                "Status": _status_text(c, now), "ExitCode": c.state.get("exit_code"),
+                "Command": formats.command_text(c, True), "CreatedAt": c.data.get("created"),
+                "RunningFor": formats.ago(now - created) if created else "", "State": c.status,
+                "Status": formats.status_text(c, now), "ExitCode": c.state.get("exit_code"),
             }))
         return
     table = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
     for c in rows:
         created = parse_time(c.data.get("created"))
         table.append((c.id if a["--no-trunc"] else c.short(), c.data.get("image", ""),
-                      _command_text(c, a["--no-trunc"]), _ago(now - created) if created else "",
-                      _status_text(c, now), c.name))
-    _print_table(table)
-
-
-def _command_text(container, full):
-    text = " ".join(container.data.get("config", {}).get("args") or [])
-    if not full and len(text) > 20:
-        text = text[:19] + "…"
-    return f'"{text}"'
-
-
-def _duration(seconds):
-    """docker's human durations (go-units HumanDuration)."""
-    seconds = max(seconds, 0)
-    if seconds < 1:
-        return "Less than a second"
-    if seconds < 2:
-        return "1 second"
-    if seconds < 60:
-        return f"{int(seconds)} seconds"
-    minutes = seconds / 60
-    if minutes < 2:
-        return "About a minute"
-    if minutes < 60:
-        return f"{int(minutes)} minutes"
-    hours = minutes / 60
-    if hours < 2:
-        return "About an hour"
-    if hours < 48:
-        return f"{int(hours)} hours"
-    if hours < 24 * 14:
-        return f"{int(hours / 24)} days"
-    if hours < 24 * 60:
-        return f"{int(hours / 24 / 7)} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{int(hours / 24 / 30)} months"
-    return f"{int(hours / 24 / 365)} years"
-
-
-def _ago(seconds):
-    return f"{_duration(seconds)} ago"
-
-
-def _status_text(container, now):
-    from crate.containers import parse_time
-    st = container.state
-    status = container.status
-    if status == "running":
-        started = parse_time(st.get("started_at"))
-        return f"Up {_duration(now - started)}" if started else "Up"
-    if status == "exited":
-        finished = parse_time(st.get("finished_at"))
-        code = st.get("exit_code")
-        return f"Exited ({'?' if code is None else code}) {_ago(now - finished) if finished else ''}".rstrip()
-    return {"created": "Created", "starting": "Starting", "creating": "Creating", "removing": "Removal In Progress",
-            "dead": "Dead"}.get(status, status.capitalize())
-
-
-def _print_table(rows):
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("   ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+                      formats.command_text(c, a["--no-trunc"]), formats.ago(now - created) if created else "",
+                      formats.status_text(c, now), c.name))
+    formats.print_table(table)
 
 
 @command("""Print a container's output (docker's json-file log, kept until the container is removed).
@@ -333,9 +274,9 @@ Options:
   -h, --help             Show this help.
 """, trailing=True)
 def cmd_exec(a, store):
-    from crate import engine
+    from crate import execute
     container = store.resolve(a["CONTAINER"])
-    return engine.exec_(container, a["COMMAND"], tty=a["--tty"], interactive=a["--interactive"], env=a["--env"],
+    return execute.run(container, a["COMMAND"], tty=a["--tty"], interactive=a["--interactive"], env=a["--env"],
                         workdir=a["--workdir"], user=a["--user"])
 
 
@@ -430,7 +371,7 @@ def cmd_images(a, store):
             tag = ref.tag or "<none>"
         except (ImageError, TypeError):
             pass
-        created = _image_created(r["created"])
+        created = formats.image_created(r["created"])
         size = human(r["size"]) if r["size"] is not None else ""
         if a["--format"] == "json":
             print(json.dumps({"Repository": repo, "Tag": tag, "ID": (r["id"] or "")[7:19], "Digest": r["digest"],
@@ -439,18 +380,7 @@ def cmd_images(a, store):
         else:
             table.append((repo, tag, (r["id"] or "")[7:19], created, size))
     if a["--format"] == "table":
-        _print_table(table)
-
-
-def _image_created(created):
-    if not created:
-        return ""
-    import calendar
-    try:
-        stamp = calendar.timegm(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return created
-    return _ago(time.time() - stamp)
+        formats.print_table(table)
 
 
 @command("""Remove images (their names; what no other image or container uses is deleted).

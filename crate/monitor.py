@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from crate.containers import Store, alive, now, proc_start_time
+from crate.containers import Store, now, proc_start_time
 from crate.errors import Error
 from crate.logs import LogWriter
 from crate.runtime import Runtime, RuntimeFailed

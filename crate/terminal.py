@@ -170,7 +170,7 @@ def relay(master, process, stdin_fd=None, out_fd=1):
                     except OSError:  # EIO: no slave end is open any more
                         data = b""
                     if data:
-                        _write_all(out_fd, data)
+                        write_all(out_fd, data)
                     elif data == b"":
                         inputs.remove(master)
                 if stdin_fd is not None and stdin_fd in readable:
@@ -191,7 +191,7 @@ def relay(master, process, stdin_fd=None, out_fd=1):
         os.close(master)
 
 
-def _write_all(fd, data):
+def write_all(fd, data):
     try:
         while data:
             data = data[os.write(fd, data):]

@@ -2,7 +2,6 @@
 Debian's runc through --runtime), real terminals."""
 import json
 import os
-import re
 import signal
 import subprocess
 import time

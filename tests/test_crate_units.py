@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from crate import cli, engine, logs
+from crate import cli, engine, formats, logs
 from crate.containers import Store, alive, now, parse_time, proc_start_time
 from crate.errors import Error
 
@@ -102,12 +102,12 @@ def test_parse_signal():
 
 
 def test_durations_as_docker_prints_them():
-    assert cli._duration(0.5) == "Less than a second"
-    assert cli._duration(1.5) == "1 second"
-    assert cli._duration(59) == "59 seconds"
-    assert cli._duration(90) == "About a minute"
-    assert cli._duration(3 * 3600) == "3 hours"
-    assert cli._duration(3 * 86400) == "3 days"
+    assert formats.duration(0.5) == "Less than a second"
+    assert formats.duration(1.5) == "1 second"
+    assert formats.duration(59) == "59 seconds"
+    assert formats.duration(90) == "About a minute"
+    assert formats.duration(3 * 3600) == "3 hours"
+    assert formats.duration(3 * 86400) == "3 days"
 
 
 def test_expand_env(monkeypatch):
