@@ -359,10 +359,14 @@ def remove(container, force=False):
         if not force:
             raise Error(f"container {container.name} is running",
                         f"stop it first (crate stop {container.name}) or use crate rm -f")
-        with contextlib.suppress(Error):
-            _signal(container, signal.SIGKILL)
-        if not wait_exit(container, 30):
-            raise Error(f"container {container.name} did not exit after SIGKILL", "try again")
+        deadline = time.monotonic() + 30
+        while True:  # again and again: one still "starting" cannot be signalled until it runs
+            with contextlib.suppress(Error):
+                _signal(container, signal.SIGKILL)
+            if wait_exit(container, 0.5):
+                break
+            if time.monotonic() > deadline:
+                raise Error(f"container {container.name} did not exit after SIGKILL", "try again")
     elif container.status == "creating" and not force:
         raise Error(f"container {container.name} is being created", "wait for it, or use crate rm -f")
     destroy(container)

@@ -80,7 +80,12 @@ class Runtime:
         return argv + [str(a) for a in args]
 
     def ensure_root(self):
-        os.makedirs(os.path.dirname(self.root), mode=0o711 if os.geteuid() == 0 else 0o700, exist_ok=True)
+        parent = os.path.dirname(self.root)
+        os.makedirs(parent, mode=0o711 if os.geteuid() == 0 else 0o700, exist_ok=True)
+        st = os.lstat(parent)
+        if st.st_uid != os.geteuid() or not os.path.isdir(parent) or os.path.islink(parent):
+            raise Error(f"{parent} belongs to someone else (or is a link)",
+                        "set XDG_RUNTIME_DIR to a directory of your own")
 
     # ------------------------------------------------------------ running commands
     def _log_offset(self):

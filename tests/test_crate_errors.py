@@ -179,14 +179,20 @@ def test_command_not_found_or_not_executable(crate, image):
 
 @pytest.fixture
 def slow_runtime(tmp_path):
-    """crate-runc behind a wrapper that lingers 30 s after `create` made the container: a window
-    for interrupting crate while a created (not started) container exists."""
+    """crate-runc behind a wrapper that lingers after `create` made the container, until the file
+    `release` appears (30 s at most): a window for interrupting crate while a created (not
+    started) container exists."""
     path = tmp_path / "slow-runc"
     real = subprocess.run(["sh", "-c", "command -v crate-runc"], capture_output=True, text=True).stdout.strip()
     path.write_text(f"""#!/bin/sh
 "{os.path.realpath(real)}" "$@"
 status=$?
-for arg in "$@"; do [ "$arg" = create ] && {{ echo created > "{tmp_path}/created"; sleep 30; }}; done
+for arg in "$@"; do
+  if [ "$arg" = create ]; then
+    echo created > "{tmp_path}/created"
+    i=0; while [ ! -e "{tmp_path}/release" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  fi
+done
 exit $status
 """)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -233,3 +239,19 @@ def test_sigterm_while_pulling_leaves_nothing(crate, faulty_proxy):
     nothing_left(crate)
     assert crate("images", "-q").stdout == ""
     assert os.listdir(os.path.join(crate.root, "tmp")) == []
+
+
+def test_rm_force_while_the_monitor_is_still_starting_it(crate, image, slow_runtime, tmp_path):
+    starting = crate.popen("run", "-d", "--runtime", slow_runtime, image, "sleep", "60", stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    wait_for(tmp_path / "created")
+    (cid,) = crate.container_dirs()
+    assert crate.inspect(cid)["State"]["Status"] == "starting"
+    removing = crate.popen("rm", "-f", cid[:12], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert removing.poll() is None  # it waits for the start to finish, then kills
+    (tmp_path / "release").write_text("")
+    out, err = removing.communicate(timeout=60)
+    assert (removing.returncode, out, err) == (0, cid[:12] + "\n", "")
+    starting.communicate(timeout=60)
+    nothing_left(crate)
