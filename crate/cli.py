@@ -48,8 +48,8 @@ _CONTAINER_OPTIONS = """\
   -u USER, --user=USER   Run as USER[:GROUP], names from the image's /etc/passwd or numbers.
   --entrypoint=CMD       Replace the image's Entrypoint ("" clears it; the image's Cmd goes too).
   --hostname=NAME        Host name in the container (default: the short id).
-  --network=MODE         host (the host's network) or none (a network namespace of its own,
-                         without interfaces) [default: host]
+  --network=MODE         host (the host's network) or none (a network namespace of its own
+                         with only a loopback device, down) [default: host]
   --runtime=RUNTIME      Any runc-compatible runtime: a name on PATH or a path
                          [default: crate-runc]
   -q, --quiet            Pull without progress output.

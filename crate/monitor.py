@@ -32,7 +32,7 @@ from crate.runtime import Runtime, RuntimeFailed
 from crate import terminal
 
 PR_SET_CHILD_SUBREAPER = 36
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED = terminal.FORWARDED  # INT TERM HUP QUIT USR1 USR2: passed on to the container
 DRAIN_SECONDS = 2.0  # how long output may keep coming after the init exited
 
 
