@@ -26,7 +26,6 @@ from crate_image.errors import ImageError, NotFound
 from crate_image.progress import Progress
 from crate_image.pull import Image, check_config, ensure_layers
 from crate_image.pull import pull as _pull
-from crate_image.registry import Client
 from crate_image.store import Store, remove_tree
 
 __all__ = ["Image", "Bundle", "pull", "image", "images", "inspect", "remove", "prune", "unpack",
@@ -63,7 +62,10 @@ def pull(reference, *, root=None, platform=None, progress=None, authfile=None, c
     wanted = _platform(platform)
 
     def work():
-        c = client or Client(load_registries(registries_conf), authfile=authfile, credentials=credentials)
+        c = client
+        if c is None:
+            from crate_image.registry import Client  # the HTTP stack loads only when pulling
+            c = Client(load_registries(registries_conf), authfile=authfile, credentials=credentials)
         return _pull(reference, store, c, wanted, progress or Progress())
     return userns.maybe(work)
 
@@ -293,6 +295,7 @@ def remove_bundle(bundle_dir, *, root=None):
 def login(registry, username, password, *, authfile=None, registries_conf=None):
     """Check the credentials against the registry, then store them; returns the file written."""
     from crate_image import auth
+    from crate_image.registry import Client
     client = Client(load_registries(registries_conf), authfile=authfile,
                     credentials={registry: auth.Credentials(username, password)})
     client.ping(registry)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from crate_image import layer as layers
 from crate_image import platform as platforms
 from crate_image import reference as references
-from crate_image import registry as reg
+from crate_image import media as reg  # media types only: the client comes from the caller
 from crate_image.errors import ImageError, NotFound
 from crate_image.progress import Progress
 from crate_image.rootless import overlay_xattr_ns

@@ -299,19 +299,23 @@ def fix_stdio_ownership(uid):
 
 
 def find_executable(name, search_path):
-    """The path execve will run, resolved now so a missing binary fails `create`, as in runc."""
+    """The path execve will run, resolved now so a missing binary fails `create`, as in runc
+    (Go's exec.LookPath: a PATH entry that is not executable is passed over; a path given with
+    a slash must be an executable file)."""
     candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in search_path.split(":")]
     for candidate in candidates:
         try:
             st = os.stat(candidate)
         except OSError:
             continue
-        if not os.path.isdir(candidate) and st.st_mode & 0o111:
-            if not os.access(candidate, os.X_OK):  # as the container user, now that we are it
-                raise Error(f"exec {candidate!r}: permission denied for uid {os.getuid()}")
+        executable = not os.path.isdir(candidate) and st.st_mode & 0o111
+        if executable and os.access(candidate, os.X_OK):  # as the container user, now that we are it
             return candidate
+        if "/" in name:
+            raise Error(f"exec {name!r}: permission denied (not an executable file for uid {os.getuid()}); "
+                        "check process.args[0]")
     if "/" in name:
-        raise Error(f"exec {name!r}: no such executable in the container; check process.args[0]")
+        raise Error(f"exec {name!r}: no such file in the container; check process.args[0]")
     raise Error(f"exec {name!r}: executable file not found in $PATH ({search_path or 'PATH is empty'}); "
                 "check process.args[0] and process.env")
 

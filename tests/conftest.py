@@ -592,11 +592,23 @@ def busybox_rootfs(shared_tmp, busybox_binary):
     return runtime_helpers.extract_busybox_rootfs(busybox_binary, os.path.join(shared_tmp, "rootfs"))
 
 
+def _delete_leftovers(runtime):
+    """Whatever a (failed) test left in this runtime's --root: delete --force, so no container
+    outlives its test."""
+    if not os.path.isdir(runtime.root):
+        return
+    for container_id in os.listdir(runtime.root):
+        if os.path.exists(os.path.join(runtime.root, container_id, "state.json")):
+            runtime("delete", "--force", container_id, check=False)
+
+
 @pytest.fixture
 def runtime(tmp_path):
     """crate-runc as root with a private --root and --log."""
     import runtime_helpers
-    return runtime_helpers.Runtime(str(tmp_path / "state"), log=str(tmp_path / "runtime.log"))
+    rt = runtime_helpers.Runtime(str(tmp_path / "state"), log=str(tmp_path / "runtime.log"))
+    yield rt
+    _delete_leftovers(rt)
 
 
 @pytest.fixture
@@ -610,9 +622,12 @@ def user_runtime(shared_tmp, request):
         root = os.path.join(shared_tmp, f"user-{request.node.name[:60]}")
         os.makedirs(root, exist_ok=True)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-        return runtime_helpers.Runtime(root, user=TEST_USER)
-    import tempfile
-    return runtime_helpers.Runtime(tempfile.mkdtemp(dir=shared_tmp))
+        rt = runtime_helpers.Runtime(root, user=TEST_USER)
+    else:
+        import tempfile
+        rt = runtime_helpers.Runtime(tempfile.mkdtemp(dir=shared_tmp))
+    yield rt
+    _delete_leftovers(rt)
 
 
 # ------------------------------------------------------------------ crate (the front end)

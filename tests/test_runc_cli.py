@@ -158,19 +158,18 @@ sys.stderr.write("HEAVY=" + ",".join(heavy) + "\\n")
 
 
 @pytest.mark.root
-def test_hot_paths_import_nothing_heavy(tmp_path, busybox_rootfs):
+def test_hot_paths_import_nothing_heavy(runtime, tmp_path, busybox_rootfs):
     """create/start/state/kill/delete must not import json, re, subprocess, argparse, logging..."""
     bundle = tmp_path / "b"
     make_bundle(bundle, busybox_rootfs, ["sh", "-c", "while :; do sleep 0.05; done"])
     script = tmp_path / "probe.py"
     script.write_text(PROBE.format(heavy=HEAVY))
-    root = str(tmp_path / "state")
     python = os.path.join(os.path.dirname(runtime_binary()), "python")
     for argv in (["create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "hot"],
                  ["start", "hot"], ["state", "hot"], ["kill", "hot", "KILL"], ["delete", "--force", "hot"]):
         with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w+") as err:  # files: the
-            subprocess.run([python, str(script), runtime_binary(), "--root", root, *argv],   # container
-                           stdout=out, stderr=err, timeout=30)                                # inherits them
+            subprocess.run([python, str(script), runtime_binary(), "--root", runtime.root, *argv],  # container
+                           stdout=out, stderr=err, timeout=30)                                       # inherits them
             err.seek(0)
             report = err.read()
         heavy = [line for line in report.splitlines() if line.startswith("HEAVY=")]

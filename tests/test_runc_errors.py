@@ -91,7 +91,11 @@ def test_missing_binary_fails_create(runtime, tmp_path, busybox_rootfs):
     assert_failed_cleanly(done, runtime, "executable file not found in $PATH", tmp_path / "b", busybox_rootfs)
     assert leftovers(runtime) == []
     make_bundle(tmp_path / "b", busybox_rootfs, ["/bin/nope"])
-    assert_failed_cleanly(create(runtime, tmp_path / "b", "y"), runtime, "no such executable",
+    assert_failed_cleanly(create(runtime, tmp_path / "b", "y"), runtime, "no such file",
+                          tmp_path / "b", busybox_rootfs)
+    assert leftovers(runtime) == []
+    make_bundle(tmp_path / "b", busybox_rootfs, ["/etc/passwd"])  # there, but not executable
+    assert_failed_cleanly(create(runtime, tmp_path / "b", "z"), runtime, "permission denied",
                           tmp_path / "b", busybox_rootfs)
     assert leftovers(runtime) == []
 
