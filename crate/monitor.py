@@ -202,6 +202,10 @@ class Monitor:
             self.runtime.delete(self.c.id, force=True)
         except Error as e:
             sys.stderr.write(f"crate monitor: {e}\n")
+        self._close_streams()
+
+    def _close_streams(self):
+        """The container's stdio ends we hold, the pty master and the log."""
         for fd in list(self.streams) + self.keep_open + ([self.master] if self.master is not None else []):
             try:
                 os.close(fd)
@@ -344,15 +348,7 @@ class Monitor:
     # ------------------------------------------------------------ after it exited
     def finish(self):
         """Close everything, delete the runtime's state, record the exit, remove on --rm."""
-        for fd in list(self.streams) + self.keep_open + ([self.master] if self.master is not None else []):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.streams, self.keep_open, self.master = {}, [], None
-        if self.log is not None:
-            self.log.close()
-            self.log = None
+        self._close_streams()
         deleted = True
         try:
             self.runtime.delete(self.c.id, force=True)

@@ -7,7 +7,6 @@ storage) are followed by hand without the registry's Authorization header. 429/5
 connections are retried with backoff; a blob cut off mid-stream resumes with `Range: bytes=N-`.
 """
 import hashlib
-import json
 import re
 import threading
 import time
@@ -21,8 +20,7 @@ import urllib3
 from crate_image import __version__, auth
 from crate_image.config import load_registries
 from crate_image.errors import AuthError, DigestMismatch, NotFound, RegistryError
-from crate_image.media import (ACCEPT, DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, INDEX_TYPES,  # noqa: F401
-                               MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, media_type_of)
+from crate_image.media import ACCEPT, media_type_of
 
 USER_AGENT = f"crate-image/{__version__}"
 MAX_MANIFEST = 4 << 20

@@ -5,8 +5,6 @@ container's treatment: console, no_new_privs, seccomp, rlimits, capabilities, us
 description is a runtime-spec process object (--process FILE, as containerd and conmon send), or
 is built from the container's own process and the command-line options, as runc does.
 """
-import os
-
 from crate_runc import Error, spec
 from crate_runc.state import Container
 

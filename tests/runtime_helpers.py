@@ -172,3 +172,28 @@ def runc_sleep_bundle(directory, applets=("sh", "sleep")):
     config["process"]["terminal"] = False
     config["process"]["args"] = ["sleep", "3600"]
     return config
+
+
+def receive_pty_master(server):
+    """Accept one console-socket connection and take the pty master fd it carries."""
+    import socket
+    import struct
+    conn, _ = server.accept()
+    _, ancillary, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(4))
+    conn.close()
+    return struct.unpack("i", ancillary[0][2][:4])[0]
+
+
+def read_pty(master):
+    """Everything the container writes to its terminal, until every slave end is closed."""
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the container closed the slave
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    return output

@@ -3,7 +3,6 @@ and a lean start-up path."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from docopt import DocoptExit, docopt

@@ -2,13 +2,11 @@
 import json
 import os
 import socket
-import struct
-import subprocess
 import time
 
 import pytest
 
-from runtime_helpers import cgroup_dirs, make_bundle, processes_in
+from runtime_helpers import cgroup_dirs, make_bundle, processes_in, read_pty, receive_pty_master
 
 pytestmark = pytest.mark.root
 
@@ -63,18 +61,8 @@ def test_exec_with_console_socket(runtime, running, tmp_path):
     server.bind(sock_path)
     server.listen(1)
     runtime("exec", "--detach", "--tty", "--console-socket", sock_path, "box", "sh", "-c", "tty; echo exec-tty")
-    conn, _ = server.accept()
-    _, ancillary, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(4))
-    master = struct.unpack("i", ancillary[0][2][:4])[0]
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
+    master = receive_pty_master(server)
+    output = read_pty(master)
     assert b"/dev/pts/" in output and b"exec-tty" in output
 
 

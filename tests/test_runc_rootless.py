@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from runtime_helpers import make_bundle, processes_in
+from runtime_helpers import make_bundle, processes_in, read_pty, receive_pty_master
 
 pytestmark = pytest.mark.userns
 
@@ -148,7 +148,6 @@ def test_rootless_config_features(user_runtime, shared_tmp, busybox_rootfs, requ
 
 def test_rootless_console_socket_and_fds(user_runtime, shared_tmp, busybox_rootfs, request):
     import socket
-    import struct
     uid, gid = user_ids(user_runtime)
     path = os.path.join(shared_tmp, f"rl-tty-{request.node.name}")
     bundle_for(user_runtime, path, busybox_rootfs, ["sh", "-c", "tty; ls /proc/self/fd | wc -l"],
@@ -159,19 +158,9 @@ def test_rootless_console_socket_and_fds(user_runtime, shared_tmp, busybox_rootf
     os.chown(sock_path, uid, gid)
     server.listen(1)
     user_runtime("create", "--bundle", path, "--console-socket", sock_path, "rl7")
-    conn, _ = server.accept()
-    _, ancillary, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(4))
-    master = struct.unpack("i", ancillary[0][2][:4])[0]
+    master = receive_pty_master(server)
     user_runtime("start", "rl7")
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
+    output = read_pty(master)
     lines = output.decode().split()
     assert lines[0].startswith("/dev/pts/") and lines[1] == "4"  # 0-2 and the fd ls opens for the listing
     deadline = time.monotonic() + 10
