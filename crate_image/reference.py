@@ -49,12 +49,10 @@ class Reference:
         return self.digest or self.tag
 
     def __str__(self):
-        out = self.name
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
+        return self._tagged(self.name)
+
+    def _tagged(self, name):
+        return name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
     def with_digest(self, digest):
         return Reference(self.domain, self.path, None, digest)
@@ -62,17 +60,11 @@ class Reference:
     def familiar(self):
         """The short form docker prints: busybox:latest, user/app:1, host:5000/x:y."""
         path = self.path
-        if self.domain == DEFAULT_DOMAIN:
-            if path.startswith("library/") and path.count("/") == 1:
-                path = path[len("library/"):]
-            out = path
-        else:
-            out = self.name
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
+        if self.domain != DEFAULT_DOMAIN:
+            return self._tagged(self.name)
+        if path.startswith("library/") and path.count("/") == 1:
+            path = path[len("library/"):]
+        return self._tagged(path)
 
 
 def _bad(text, why):

@@ -592,6 +592,16 @@ def busybox_rootfs(shared_tmp, busybox_binary):
     return runtime_helpers.extract_busybox_rootfs(busybox_binary, os.path.join(shared_tmp, "rootfs"))
 
 
+def require_runc():
+    """The runc comparisons need root, Debian's runc and a static busybox."""
+    if os.geteuid() != 0:
+        unavailable("comparing with runc needs root")
+    if not shutil.which("runc"):
+        unavailable("runc is not installed (apt-get install runc)")
+    if oci_images.find_static_busybox() is None:
+        unavailable("no static busybox (apt-get install busybox-static)")
+
+
 def _delete_leftovers(runtime):
     """Whatever a (failed) test left in this runtime's --root: delete --force, so no container
     outlives its test."""

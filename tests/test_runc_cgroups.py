@@ -8,7 +8,6 @@ import errno
 import json
 import mmap
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -17,9 +16,8 @@ import time
 
 import pytest
 
-import oci_images
 import runtime_helpers
-from conftest import TEST_USER, unavailable
+from conftest import require_runc, TEST_USER, unavailable
 from crate_runc import cgroups
 from crate_runc.cgroups import CgroupError
 from crate_runc.cgroups.devices import DeviceRuleError, Emulator, Rule, default_device_rules
@@ -210,13 +208,7 @@ class Runc:
 
 @pytest.fixture(scope="module")
 def runc(tmp_path_factory):
-    if os.geteuid() != 0:
-        unavailable("comparing with runc needs root")
-    if not shutil.which("runc"):
-        unavailable("runc is not installed (apt-get install runc)")
-    busybox = oci_images.find_static_busybox()
-    if busybox is None:
-        unavailable("no static busybox (apt-get install busybox-static)")
+    require_runc()
     directory = str(tmp_path_factory.mktemp("runc-bundle"))
     config = runtime_helpers.runc_sleep_bundle(directory)
     return Runc(directory, config)

@@ -19,9 +19,8 @@ import time
 
 import pytest
 
-import oci_images
 import runtime_helpers
-from conftest import TEST_USER, unavailable
+from conftest import require_runc, TEST_USER, unavailable
 from crate_runc import seccomp
 from crate_runc.seccomp import SeccompError
 
@@ -406,13 +405,7 @@ def loaded_filter(pid):
 
 @pytest.fixture(scope="module")
 def runc_bundle(tmp_path_factory):
-    if os.geteuid() != 0:
-        unavailable("comparing with runc needs root")
-    if not shutil.which("runc"):
-        unavailable("runc is not installed (apt-get install runc)")
-    busybox = oci_images.find_static_busybox()
-    if busybox is None:
-        unavailable("no static busybox (apt-get install busybox-static)")
+    require_runc()
     directory = str(tmp_path_factory.mktemp("runc-seccomp"))
     config = runtime_helpers.runc_sleep_bundle(directory, applets=("sleep",))
     return directory, config

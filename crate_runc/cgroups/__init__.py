@@ -136,6 +136,15 @@ class Manager:
                           "the container was made by another runtime: delete it with that runtime")
 
 
+def restored_default_devices(d):
+    """The default device rules a manager's state recorded, or None (runc's own: the usual case,
+    which spares state, kill and delete loading the devices module)."""
+    if "default_devices" not in d:
+        return None
+    from crate_runc.cgroups.devices import defaults_from_state
+    return defaults_from_state(d)
+
+
 def features():
     """The "cgroup" object of `crate-runc features` (what crate-runc supports)."""
     return {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": True}

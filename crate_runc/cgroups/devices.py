@@ -203,9 +203,12 @@ def defaults_to_state(defaults, d):
         d["default_devices"] = [r.cgroup_string() for r in defaults]
 
 
-def defaults_from_state(strings):
-    """The default rules a state dict recorded under "default_devices"."""
-    return [Rule.parse(t) for t in strings]
+def defaults_from_state(d):
+    """The default rules a state dict recorded under "default_devices"; None (runc's own) when it
+    recorded none."""
+    if "default_devices" not in d:  # only when linux.devices redefined one of runc's defaults
+        return None
+    return [Rule.parse(t) for t in d["default_devices"]]
 
 
 def emulate(rules, rootless):

@@ -9,7 +9,7 @@ import errno
 import os
 import time
 
-from crate_runc.cgroups import HYBRID_ROOT, CgroupError, Manager, fs
+from crate_runc.cgroups import HYBRID_ROOT, CgroupError, Manager, fs, restored_default_devices
 
 # runc's subsystem order: cgroups are made, joined and configured in this order
 SUBSYSTEMS = ("cpuset", "devices", "memory", "cpu", "cpuacct", "pids", "blkio", "hugetlb", "net_cls",
@@ -133,10 +133,7 @@ class V1Manager(Manager):
 
     @classmethod
     def restore(cls, d):
-        defaults = None
-        if "default_devices" in d:   # linux.devices redefined one of runc's default devices
-            from crate_runc.cgroups.devices import defaults_from_state
-            defaults = defaults_from_state(d["default_devices"])
+        defaults = restored_default_devices(d)
         return cls(d.get("paths") or {}, bool(d.get("rootless")), bool(d.get("explicit")),
                    None, defaults, d.get("parents") or (), d.get("dropped"))
 

@@ -9,7 +9,7 @@ import errno
 import os
 import time
 
-from crate_runc.cgroups import CGROUP_ROOT, CgroupError, Manager, fs
+from crate_runc.cgroups import CGROUP_ROOT, CgroupError, Manager, fs, restored_default_devices
 
 _DOMAIN = ("memory", "io", "cpu", "hugetlb")   # controllers that cannot live in a threaded subtree
 _FIELD = {"pids": "pids.limit", "memory": "memory", "io": "blockIO", "cpu": "cpu.shares/quota/period",
@@ -65,10 +65,7 @@ class V2Manager(Manager):
 
     @classmethod
     def restore(cls, d):
-        defaults = None
-        if "default_devices" in d:   # linux.devices redefined one of runc's default devices
-            from crate_runc.cgroups.devices import defaults_from_state
-            defaults = defaults_from_state(d["default_devices"])
+        defaults = restored_default_devices(d)
         return cls(d["paths"][""], d.get("root") or CGROUP_ROOT, bool(d.get("rootless")),
                    bool(d.get("explicit")), None, defaults, d.get("parents") or ())
 
