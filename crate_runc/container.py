@@ -7,11 +7,11 @@ directory, cgroup, mount or process behind.
 import os
 import time
 
-from crate_runc import Error, SPEC_VERSION, log, signals, spec, state
+from crate_runc import Error, SPEC_VERSION, fastjson, log, signals, state
 from crate_runc.state import Container
 
-# create and run also need namespaces, spawn (which brings the init side and ctypes) and hooks;
-# they are imported where used so that state, kill and delete start faster
+# create and run also need spec, namespaces, spawn (which brings the init side and ctypes) and
+# hooks; they are imported where used so that start, state, kill and delete start faster
 
 
 class Launch:
@@ -88,7 +88,7 @@ def write_pid_file(path, pid):
 def create(root, container_id, bundle, pid_file=None, console_socket=None, console_sock=None,
            preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None, config=None):
     """Create a container whose init waits on exec.fifo -> the Container."""
-    from crate_runc import hooks, namespaces, spawn
+    from crate_runc import hooks, namespaces, spawn, spec
     state.check_id(container_id)
     bundle = os.path.abspath(bundle or ".")
     config = config or spec.load(bundle)
@@ -162,7 +162,7 @@ def create(root, container_id, bundle, pid_file=None, console_socket=None, conso
 
 def load_config(container):
     try:
-        return spec.fastjson.load_file(os.path.join(container.dir, state.CONFIG_COPY))
+        return fastjson.load_file(os.path.join(container.dir, state.CONFIG_COPY))
     except (OSError, ValueError):
         return {}
 
@@ -193,7 +193,7 @@ def run_hooks_warning_only(config, phase, container, status):
                   "bundle": container.data.get("bundle", ""), "annotations": config.get("annotations", {})}
     for index, hook in enumerate(config["hooks"][phase]):
         try:
-            hooks.run_one(hook, spec.fastjson.dumps(hook_state), phase, index)
+            hooks.run_one(hook, fastjson.dumps(hook_state), phase, index)
         except Error as e:
             log.warning(str(e))
 
@@ -313,7 +313,7 @@ def run(root, container_id, bundle, pid_file=None, console_socket=None, detach=F
         preserve_fds=0, no_pivot=False, no_new_keyring=False, rootless=None):
     """create + start; in the foreground also forward signals, relay a tty, wait, delete, and
     return the container's exit status (128+N when killed by signal N)."""
-    from crate_runc import foreground
+    from crate_runc import foreground, spec
     state.check_id(container_id)
     config = spec.load(bundle or ".")
     terminal = (config.get("process") or {}).get("terminal", False)
